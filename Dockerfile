@@ -1,0 +1,57 @@
+# hoinghi: self-hosted WebRTC SFU.
+#
+# Build:  docker build -t hoinghi .
+# Run (recommended, Linux hosts): host networking, so ICE candidates carry the host's
+# real addresses and no UDP port mapping is needed:
+#   docker run -d --name hoinghi --network host -v hoinghi-data:/data hoinghi
+#
+# Run with published ports instead: WebRTC media uses UDP on ephemeral ports, which the
+# kernel picks from net.ipv4.ip_local_port_range. Narrow that range inside the container
+# to the one you publish, and tell the server which address sites must send media to:
+#   docker run -d --name hoinghi \
+#     --sysctl net.ipv4.ip_local_port_range="40000 40999" \
+#     -p 8080:8080/tcp -p 40000-40999:40000-40999/udp \
+#     -e HOINGHI_ANNOUNCE_IP=<address of the Docker host as seen by sites> \
+#     -v hoinghi-data:/data hoinghi
+#
+# Join links: docker exec hoinghi hoinghi token --meeting demo --site hub --role hub
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOINGHI_DATA_DIR=/data
+
+WORKDIR /app
+
+# Dependencies first, in their own layer, so editing the code does not re-download
+# aiortc/av/opencv wheels. The package directories are created empty just to satisfy
+# the package discovery in pyproject.toml for this layer.
+COPY pyproject.toml ./
+RUN mkdir -p server media signaling loadtest \
+    && touch server/__init__.py loadtest/__init__.py \
+    && pip install . \
+    && pip uninstall -y hoinghi \
+    && rm -rf server media signaling loadtest build *.egg-info
+
+COPY server ./server
+COPY media ./media
+COPY signaling ./signaling
+COPY loadtest ./loadtest
+COPY web-client ./web-client
+COPY scripts ./scripts
+RUN pip install --no-deps -e .
+
+# Unprivileged user; the data volume holds the database and the token signing secret.
+RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin hoinghi \
+    && mkdir -p /data && chown hoinghi:hoinghi /data
+USER hoinghi
+VOLUME ["/data"]
+
+EXPOSE 8080/tcp
+# Media: UDP, ephemeral ports (see the sysctl note at the top); 40000-40999 is the range
+# the example above publishes.
+EXPOSE 40000-40999/udp
+
+CMD ["hoinghi", "serve", "--host", "0.0.0.0"]

@@ -1,0 +1,282 @@
+"""A synthetic site: joins through the real signaling, connects with real ICE/DTLS/SRTP.
+
+Used by the tests, the benchmarks and the load tools. It speaks the protocol in
+docs/protocol.md exactly as the browser client does (same transceiver order, non-trickle
+ICE) so what passes here is what a browser gets. Decoding of what it receives is optional:
+the media-path tests decode (frames must really be decodable), the load tools count packets
+from RTP headers only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import aiohttp
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
+from av import AudioFrame, VideoFrame
+
+from media import network
+
+from .shaper import LinkImpairment
+
+logger = logging.getLogger(__name__)
+
+
+class PatternVideoTrack(VideoStreamTrack):
+    """A moving test pattern at a fixed frame rate (aiortc encodes it: client side only)."""
+
+    def __init__(self, width: int = 320, height: int = 240, fps: int = 15) -> None:
+        super().__init__()
+        self.width, self.height, self.fps = width, height, fps
+        self.frames = 0
+        self._start: Optional[float] = None
+        base = np.zeros((height, width, 3), np.uint8)
+        base[:, :, 1] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
+        self._base = base
+
+    async def recv(self) -> VideoFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        target = self._start + self.frames / self.fps
+        delay = target - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        img = self._base.copy()
+        x = (self.frames * 4) % self.width
+        img[:, x : x + 8, :] = 255
+        frame = VideoFrame.from_ndarray(img, format="bgr24")
+        frame.pts = int(self.frames * 90000 / self.fps)
+        frame.time_base = fractions.Fraction(1, 90000)
+        self.frames += 1
+        return frame
+
+
+class ToneAudioTrack(AudioStreamTrack):
+    """A quiet 440 Hz tone, 20 ms frames at 48 kHz."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._n = 0
+        self._start: Optional[float] = None
+
+    async def recv(self) -> AudioFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        target = self._start + self._n * 0.02
+        delay = target - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        t = (np.arange(960) + self._n * 960) / 48000.0
+        samples = (np.sin(2 * np.pi * 440 * t) * 3000).astype(np.int16).reshape(1, -1)
+        frame = AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate = 48000
+        frame.pts = self._n * 960
+        frame.time_base = fractions.Fraction(1, 48000)
+        self._n += 1
+        return frame
+
+
+@dataclass
+class ReceivedTrack:
+    kind: str
+    mid: str
+    frames: int = 0
+    first: float = 0.0
+    last: float = 0.0
+    sizes: set = field(default_factory=set)
+
+    def rate(self) -> float:
+        if self.frames < 2 or self.last <= self.first:
+            return 0.0
+        return (self.frames - 1) / (self.last - self.first)
+
+
+class SyntheticSite:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        publish_video: bool = True,
+        publish_audio: bool = True,
+        video_size: tuple[int, int] = (320, 240),
+        fps: int = 15,
+        decode: bool = True,
+        impairment: Optional[LinkImpairment] = None,
+        bind: tuple[str, ...] = ("127.0.0.1",),
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.publish_video = publish_video
+        self.publish_audio = publish_audio
+        self.video_size = video_size
+        self.fps = fps
+        self.decode = decode
+        self.impairment = impairment
+        self.bind = bind
+        self.http: Optional[aiohttp.ClientSession] = None
+        self.ws: Optional[aiohttp.ClientWebSocketResponse] = None
+        self.pc: Optional[RTCPeerConnection] = None
+        self.joined: dict = {}
+        self.slots: dict = {"video": [], "audio": []}
+        self.participants: dict[str, dict] = {}
+        self.received: dict[str, ReceivedTrack] = {}
+        self.messages: list[dict] = []
+        self.errors: list[dict] = []
+        self.video_track: Optional[PatternVideoTrack] = None
+        self._reader: Optional[asyncio.Task] = None
+        self._consumers: list[asyncio.Task] = []
+        self._waiters: list[tuple[str, asyncio.Future]] = []
+
+    # ---------------------------------------------------------------- signaling
+
+    async def connect(self) -> None:
+        self.http = aiohttp.ClientSession()
+        ws_url = self.base_url.replace("http://", "ws://").replace("https://", "wss://") + "/ws"
+        self.ws = await self.http.ws_connect(ws_url, max_msg_size=1 << 20)
+        self._reader = asyncio.create_task(self._read())
+
+    async def send(self, message: dict) -> None:
+        assert self.ws is not None
+        await self.ws.send_str(json.dumps(message))
+
+    def wait_for(self, type_: str, timeout: float = 10.0) -> "asyncio.Future[dict]":
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._waiters.append((type_, fut))
+        return asyncio.ensure_future(asyncio.wait_for(fut, timeout))
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            data = json.loads(msg.data)
+            self.messages.append(data)
+            t = data.get("type")
+            if t == "slots":
+                self.slots = {"video": data["video"], "audio": data["audio"]}
+            elif t == "error":
+                self.errors.append(data)
+            elif t == "participant_joined" or t == "participant_updated":
+                self.participants[data["participant"]["id"]] = data["participant"]
+            elif t == "participant_left":
+                self.participants.pop(data["participant_id"], None)
+            for waiter in list(self._waiters):
+                if waiter[0] == t or (waiter[0] != "error" and t == "error" and data.get("fatal")):
+                    self._waiters.remove(waiter)
+                    if not waiter[1].done():
+                        waiter[1].set_result(data)
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(ConnectionError("signaling closed"))
+
+    async def join(self, name: Optional[str] = None) -> dict:
+        await self.connect()
+        fut = self.wait_for("joined")
+        msg: dict[str, Any] = {"type": "join", "token": self.token}
+        if name:
+            msg["name"] = name
+        await self.send(msg)
+        self.joined = await fut
+        if self.joined.get("type") == "error":
+            raise ConnectionRefusedError(self.joined["code"])
+        for p in self.joined["participants"]:
+            self.participants[p["id"]] = p
+        return self.joined
+
+    # ---------------------------------------------------------------- media
+
+    async def start_media(self, video_slots: Optional[int] = None, audio_slots: Optional[int] = None) -> None:
+        slots = self.joined["slots"]
+        nv = slots["video"] if video_slots is None else video_slots
+        na = slots["audio"] if audio_slots is None else audio_slots
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc = pc
+        if self.publish_audio:
+            pc.addTransceiver(ToneAudioTrack(), direction="sendonly")
+        if self.publish_video:
+            self.video_track = PatternVideoTrack(*self.video_size, fps=self.fps)
+            pc.addTransceiver(self.video_track, direction="sendonly")
+        for _ in range(nv):
+            pc.addTransceiver("video", direction="recvonly")
+        for _ in range(na):
+            pc.addTransceiver("audio", direction="recvonly")
+
+        @pc.on("track")
+        def on_track(track) -> None:
+            transceiver = next((t for t in pc.getTransceivers() if t.receiver.track is track), None)
+            mid = transceiver.mid if transceiver else "?"
+            rec = ReceivedTrack(track.kind, mid)
+            self.received[mid] = rec
+            if self.decode:
+                self._consumers.append(asyncio.ensure_future(self._consume(track, rec)))
+
+        with network.bind_addresses(list(self.bind)):
+            await pc.setLocalDescription(await pc.createOffer())
+        if self.impairment is not None:
+            self.impairment.attach(pc)
+        fut = self.wait_for("answer", timeout=20.0)
+        await self.send({"type": "offer", "sdp": pc.localDescription.sdp})
+        answer = await fut
+        if answer.get("type") == "error":
+            raise RuntimeError(f"offer refused: {answer}")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+
+    async def _consume(self, track, rec: ReceivedTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                if rec.frames == 0:
+                    rec.first = now
+                rec.frames += 1
+                rec.last = now
+                if rec.kind == "video":
+                    rec.sizes.add((frame.width, frame.height))
+        except (MediaStreamError, asyncio.CancelledError):
+            pass
+
+    def slot_of(self, participant_id: str, kind: str = "video") -> Optional[dict]:
+        for s in self.slots.get(kind, []):
+            if s["participant_id"] == participant_id:
+                return s
+        return None
+
+    def track_for(self, participant_id: str, kind: str = "video") -> Optional[ReceivedTrack]:
+        s = self.slot_of(participant_id, kind)
+        return self.received.get(s["mid"]) if s else None
+
+    async def inbound_stats(self) -> dict[str, Any]:
+        """Per-mid inbound RTP stats as aiortc reports them (packetsReceived, packetsLost)."""
+        assert self.pc is not None
+        out: dict[str, Any] = {}
+        for t in self.pc.getTransceivers():
+            report = await t.receiver.getStats()
+            for s in report.values():
+                if s.type == "inbound-rtp":
+                    out[t.mid] = s
+        return out
+
+    async def close(self) -> None:
+        for task in self._consumers:
+            task.cancel()
+        if self.ws is not None and not self.ws.closed:
+            try:
+                await self.send({"type": "leave"})
+            except Exception:
+                pass
+            await self.ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+        if self.pc is not None:
+            await self.pc.close()
+        if self.http is not None:
+            await self.http.close()

@@ -1,0 +1,301 @@
+"""One outgoing stream to a subscriber: a fixed slot whose source can change.
+
+A subscriber's peer connection has a fixed number of receive slots (one SSRC each, announced
+once in the answer). Which publisher, and which simulcast layer of it, feeds a slot changes
+over the meeting; the subscriber's decoder must still see one continuous stream. So every
+forwarded packet gets this slot's SSRC, payload type and header extensions, and sequence
+numbers, timestamps and VP8 PictureID/TL0PICIDX shifted by offsets that are recomputed only
+when the source changes, and only at a keyframe of the new source (the old source keeps
+flowing until then, so a switch never freezes the picture).
+
+The per-packet work is: one bytearray for the rewritten packet (kept as the NACK history
+entry, so answering a NACK costs no copy), a struct.pack_into for seq/ts, a few byte stores,
+then SRTP and sendto through the transport.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import time
+from typing import TYPE_CHECKING, Optional
+
+from . import rtcp
+from .rtp import RtpInfo
+
+if TYPE_CHECKING:
+    from .producer import Producer, RecvStream
+    from .transport import WebRtcTransport
+
+HISTORY = 512  # packets kept per video slot for retransmission (~2 s at 720p)
+_MASK = HISTORY - 1
+RESEND_GUARD = 0.05  # do not resend the same packet twice within this, s
+SWITCH_GUARD = 300  # after a switch, drop stragglers older than the switch point for this many packets
+_pack_seq_ts = struct.Struct("!HI").pack_into
+_pack_rtx = struct.Struct("!BBHI").pack_into
+
+
+class Consumer:
+    def __init__(
+        self,
+        transport: "WebRtcTransport",
+        kind: str,
+        index: int,
+        mid: str,
+        ssrc: int,
+        payload_type: int,
+        clock_rate: int,
+        rtx_ssrc: Optional[int],
+        rtx_payload_type: Optional[int],
+        abs_send_time_id: int = 0,
+        audio_level_id: int = 0,
+        nack: bool = False,
+    ) -> None:
+        self.transport = transport
+        self.kind = kind
+        self.index = index
+        self.mid = mid
+        self.ssrc = ssrc
+        self.payload_type = payload_type
+        self.clock_rate = clock_rate
+        self.rtx_ssrc = rtx_ssrc
+        self.rtx_payload_type = rtx_payload_type
+        self.is_video = kind == "video"
+        self.nack = nack
+        # header template: fixed header + one-byte extension block with this subscriber's ids
+        ext = bytearray()
+        self._abs_off = 0
+        self._level_off = 0
+        if abs_send_time_id:
+            self._abs_off = 12 + 4 + len(ext) + 1
+            ext += bytes([(abs_send_time_id << 4) | 2, 0, 0, 0])
+        if audio_level_id:
+            self._level_off = 12 + 4 + len(ext) + 1
+            ext += bytes([(audio_level_id << 4) | 0, 127])
+        while len(ext) % 4:
+            ext.append(0)
+        header = bytearray(12)
+        header[0] = 0x90 if ext else 0x80
+        header[1] = payload_type
+        header[8:12] = ssrc.to_bytes(4, "big")
+        if ext:
+            header += b"\xbe\xde" + (len(ext) // 4).to_bytes(2, "big") + ext
+        self._template = bytes(header)
+        self.header_len = len(header)
+        # source and rewriting state
+        self.source: Optional["RecvStream"] = None
+        self.target: Optional["RecvStream"] = None
+        self.target_since = 0.0
+        self.paused = False
+        self.seq_off = random.getrandbits(16)
+        self.ts_off = random.getrandbits(32)
+        self.pid_off = 0
+        self.tl0_off = 0
+        self.last_seq = 0
+        self.last_ts = 0
+        self.last_pid = 0
+        self.last_tl0 = 0
+        self.last_marker = 1
+        self.last_send = 0.0
+        self.sent_any = False
+        self._switch_seq = 0
+        self._guard = 0
+        self._rtx_seq = random.getrandbits(16)
+        self.history: Optional[list] = [None] * HISTORY if self.is_video else None
+        self._resent_at = [0.0] * HISTORY if self.is_video else None
+        # statistics
+        self.packets = 0
+        self.octets = 0
+        self.retransmits = 0
+        self.switches = 0
+        self.rtt = 0.0
+        self.fraction_lost = 0
+        self.packets_lost = 0
+
+    # ---------------------------------------------------------------- source selection
+
+    @property
+    def producer(self) -> Optional["Producer"]:
+        stream = self.target or self.source
+        return stream.producer if stream is not None else None
+
+    def set_source(self, stream: Optional["RecvStream"]) -> None:
+        """Feed this slot from `stream` (None empties the slot).
+
+        Video keeps the current source until the new one sends a keyframe; audio switches at
+        the next packet, since every Opus packet is independently decodable.
+        """
+        now = time.monotonic()
+        if stream is None:
+            self._detach(self.target)
+            self._detach(self.source)
+            self.source = self.target = None
+            return
+        if stream is self.source:
+            if self.target is not None:
+                self._detach(self.target)
+                self.target = None
+            return
+        if stream is self.target:
+            return
+        if self.target is not None:
+            self._detach(self.target)
+        self.target = stream
+        self.target_since = now
+        stream.sinks.append(self)
+        if self.is_video:
+            stream.request_keyframe(now)
+
+    def _detach(self, stream: Optional["RecvStream"]) -> None:
+        if stream is not None and self in stream.sinks:
+            stream.sinks.remove(self)
+
+    def source_closed(self, stream: "RecvStream") -> None:
+        if stream is self.source:
+            self.source = None
+        if stream is self.target:
+            self.target = None
+
+    def _switch(self, info: RtpInfo, stream: "RecvStream", now: float) -> None:
+        if self.source is not None and self.source is not stream:
+            self._detach(self.source)
+        self.source = stream
+        self.target = None
+        if self.sent_any:
+            # continue right after what the subscriber has seen; skip one seq if the last
+            # frame was cut short, so its decoder treats that frame as incomplete
+            self.seq_off = (self.last_seq + (1 if self.last_marker else 2) - info.seq) & 0xFFFF
+            step = max(1, int((now - self.last_send) * self.clock_rate))
+            self.ts_off = (self.last_ts + step - info.ts) & 0xFFFFFFFF
+            if info.vp8_pid_off >= 0:
+                data = info.data
+                off = info.vp8_pid_off
+                pid = ((data[off] & 0x7F) << 8 | data[off + 1]) if info.vp8_pid_wide else data[off] & 0x7F
+                self.pid_off = (self.last_pid + 1 - pid) & 0x7FFF
+            if info.vp8_tl0_off >= 0:
+                self.tl0_off = (self.last_tl0 + 1 - info.data[info.vp8_tl0_off]) & 0xFF
+            self.switches += 1
+        self._switch_seq = (info.seq + self.seq_off) & 0xFFFF
+        self._guard = SWITCH_GUARD
+
+    # ---------------------------------------------------------------- packet path
+
+    def write(self, info: RtpInfo, stream: "RecvStream", now: float) -> None:
+        if stream is not self.source:
+            if stream is not self.target or not (info.keyframe or not self.is_video):
+                return
+            self._switch(info, stream, now)
+        if self.paused:
+            return
+        seq = (info.seq + self.seq_off) & 0xFFFF
+        newest = True
+        if self._guard:
+            self._guard -= 1
+            if ((seq - self._switch_seq) & 0xFFFF) >= 0x8000:
+                return  # straggler from before the switch point
+        if self.sent_any and ((seq - self.last_seq) & 0xFFFF) >= 0x8000:
+            newest = False  # reordered or recovered packet: forward, keep "last" as is
+        ts = (info.ts + self.ts_off) & 0xFFFFFFFF
+        out = bytearray(self._template)
+        out += info.payload
+        out[1] = self.payload_type | (info.marker << 7)
+        _pack_seq_ts(out, 2, seq, ts)
+        if info.padding:
+            out[0] |= 0x20
+        if self._abs_off:
+            o = self._abs_off
+            v = info.abs24
+            out[o] = v >> 16
+            out[o + 1] = (v >> 8) & 0xFF
+            out[o + 2] = v & 0xFF
+        if self._level_off and info.audio_level >= 0:
+            out[self._level_off] = info.audio_level
+        if info.vp8_pid_off >= 0:
+            o = self.header_len + info.vp8_pid_off - info.payload_offset
+            data = info.data
+            src = info.vp8_pid_off
+            if info.vp8_pid_wide:
+                pid = ((((data[src] & 0x7F) << 8) | data[src + 1]) + self.pid_off) & 0x7FFF
+                out[o] = 0x80 | (pid >> 8)
+                out[o + 1] = pid & 0xFF
+            else:
+                pid = ((data[src] & 0x7F) + self.pid_off) & 0x7F
+                out[o] = pid
+            if newest:
+                self.last_pid = pid
+            if info.vp8_tl0_off >= 0:
+                tl0 = (data[info.vp8_tl0_off] + self.tl0_off) & 0xFF
+                out[self.header_len + info.vp8_tl0_off - info.payload_offset] = tl0
+                if newest:
+                    self.last_tl0 = tl0
+        if newest:
+            self.last_seq = seq
+            self.last_ts = ts
+            self.last_marker = info.marker
+            self.last_send = now
+            self.sent_any = True
+        if self.history is not None:
+            self.history[seq & _MASK] = out
+        self.packets += 1
+        self.octets += len(out) - self.header_len
+        self.transport.send_rtp(out)
+
+    # ---------------------------------------------------------------- feedback from the subscriber
+
+    def on_nack(self, seqs: list[int]) -> None:
+        history = self.history
+        if history is None:
+            return
+        now = time.monotonic()
+        resent = self._resent_at
+        for seq in seqs:
+            i = seq & _MASK
+            pkt = history[i]
+            if pkt is None or ((pkt[2] << 8) | pkt[3]) != seq or now - resent[i] < RESEND_GUARD:
+                continue
+            resent[i] = now
+            if self.rtx_ssrc is not None and self.rtx_payload_type is not None:
+                hl = self.header_len
+                rtx = bytearray(pkt[:hl])
+                self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+                _pack_rtx(rtx, 1, (pkt[1] & 0x80) | self.rtx_payload_type, self._rtx_seq, (pkt[4] << 24) | (pkt[5] << 16) | (pkt[6] << 8) | pkt[7])
+                rtx[8:12] = self.rtx_ssrc.to_bytes(4, "big")
+                rtx += pkt[2:4]
+                rtx += memoryview(pkt)[hl:]
+                self.transport.send_rtp(rtx)
+            else:
+                self.transport.send_rtp(pkt)
+            self.retransmits += 1
+
+    def request_keyframe(self) -> None:
+        stream = self.target or self.source
+        if stream is not None:
+            stream.request_keyframe(time.monotonic())
+
+    def on_report(self, block: rtcp.ReportBlock, now: float) -> None:
+        self.fraction_lost = block.fraction_lost
+        self.packets_lost = block.packets_lost
+        if block.lsr:
+            rtt = ((rtcp.ntp_middle(rtcp.ntp_now()) - block.lsr - block.dlsr) & 0xFFFFFFFF) / 65536.0
+            if rtt < 10:
+                self.rtt = rtt
+                self.transport.rtt = rtt
+
+    def sender_report(self, now: float, ntp: int) -> Optional[bytes]:
+        """An SR whose RTP time is the publisher's (from its own SR) shifted by this slot's
+        offset, so audio and video of one site keep their capture-time relation; without a
+        publisher SR, extrapolate from the last packet sent."""
+        if not self.sent_any:
+            return None
+        rtp_ts: Optional[int] = None
+        if self.source is not None:
+            pub = self.source.rtp_time_at(now)
+            if pub is not None:
+                rtp_ts = (pub + self.ts_off) & 0xFFFFFFFF
+        if rtp_ts is None:
+            rtp_ts = (self.last_ts + int((now - self.last_send) * self.clock_rate)) & 0xFFFFFFFF
+        return rtcp.pack_sr(self.ssrc, ntp, rtp_ts, self.packets, self.octets)
+
+    def close(self) -> None:
+        self.set_source(None)
+        self.history = None

@@ -1,0 +1,158 @@
+"""One meeting's forwarding graph: which source feeds which slot of which subscriber.
+
+The Router owns the transports of a meeting's participants and decides, for every
+subscriber, which published stream goes into each of its fixed slots. A change of who is
+shown is therefore only `Consumer.set_source` on the server plus a `slots` message to the
+client: no SDP renegotiation, which is what lets the set of visible sites change often in a
+164-site meeting.
+
+Ordering (who gets a slot first) is deliberately simple here: the hub first, then sites in
+the order they started publishing. Last-N, speaker order and the floor refine this order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable, Optional
+
+from .consumer import Consumer
+from .producer import Producer, RecvStream
+from .transport import MediaSettings, WebRtcTransport
+
+logger = logging.getLogger(__name__)
+
+SlotsListener = Callable[[WebRtcTransport, dict], None]
+
+
+class Router:
+    def __init__(self, meeting_id: str, settings: MediaSettings) -> None:
+        self.meeting_id = meeting_id
+        self.settings = settings
+        self.transports: dict[str, WebRtcTransport] = {}
+        self.priority: dict[str, int] = {}  # participant id -> lower is shown first
+        self.names: dict[str, tuple[str, str]] = {}  # participant id -> (site id, name)
+        self.on_slots: Optional[SlotsListener] = None
+        self._order = 0
+        self._reassign_pending = False
+        self.created = time.monotonic()
+
+    # ---------------------------------------------------------------- membership
+
+    def create_transport(self, participant_id: str, site_id: str, name: str, role: str) -> WebRtcTransport:
+        t = WebRtcTransport(self, participant_id, self.settings)
+        self.transports[participant_id] = t
+        self._order += 1
+        self.priority[participant_id] = (0 if role == "hub" else 1_000_000) + self._order
+        self.names[participant_id] = (site_id, name)
+        return t
+
+    async def remove_transport(self, participant_id: str) -> None:
+        t = self.transports.pop(participant_id, None)
+        self.priority.pop(participant_id, None)
+        self.names.pop(participant_id, None)
+        if t is not None:
+            await t.close()
+        self.reassign()
+
+    # ---------------------------------------------------------------- events from transports
+
+    def transport_connected(self, transport: WebRtcTransport) -> None:
+        self.reassign()
+
+    def stream_started(self, stream: RecvStream) -> None:
+        self.reassign()
+
+    def negotiated(self, transport: WebRtcTransport) -> None:
+        self.reassign()
+
+    # ---------------------------------------------------------------- slot assignment
+
+    def reassign(self) -> None:
+        """Coalesce assignment work triggered by several events in one loop iteration."""
+        if self._reassign_pending:
+            return
+        self._reassign_pending = True
+        asyncio.get_running_loop().call_soon(self._reassign)
+
+    def _candidates(self, kind: str, exclude: str) -> list[Producer]:
+        out = []
+        for pid, t in self.transports.items():
+            if pid == exclude or t.closed:
+                continue
+            p = t.producers.get(kind)
+            if p is not None and not p.closed:
+                out.append(p)
+        out.sort(key=lambda p: self.priority.get(p.participant_id, 1 << 40))
+        return out
+
+    def _reassign(self) -> None:
+        self._reassign_pending = False
+        for pid, t in list(self.transports.items()):
+            if not t.negotiated or t.closed:
+                continue
+            changed = False
+            for kind in ("video", "audio"):
+                changed |= self._assign(t.consumers[kind], self._candidates(kind, pid))
+            if changed and self.on_slots is not None:
+                self.on_slots(t, self.slots_of(t))
+
+    def _assign(self, consumers: list[Consumer], candidates: list[Producer]) -> bool:
+        wanted = candidates[: len(consumers)]
+        changed = False
+        placed: set[int] = set()
+        free: list[Consumer] = []
+        for c in consumers:
+            p = c.producer
+            if p is not None and p in wanted and id(p) not in placed:
+                placed.add(id(p))
+                stream = p.best_stream()
+                if c.target is None and c.source is not None and c.source.producer is p:
+                    pass  # keep the current layer; layer choice belongs to the allocator
+                elif stream is not None and stream is not c.target and stream is not c.source:
+                    c.set_source(stream)
+            else:
+                if p is not None:
+                    c.set_source(None)
+                    changed = True
+                free.append(c)
+        for p in wanted:
+            if id(p) in placed or not free:
+                continue
+            c = free.pop(0)
+            c.set_source(p.best_stream())
+            placed.add(id(p))
+            changed = True
+        return changed
+
+    def slots_of(self, transport: WebRtcTransport) -> dict:
+        out: dict[str, list] = {}
+        for kind in ("video", "audio"):
+            items = []
+            for c in transport.consumers[kind]:
+                p = c.producer
+                site_id, name = self.names.get(p.participant_id, (None, None)) if p is not None else (None, None)
+                items.append(
+                    {
+                        "index": c.index,
+                        "mid": c.mid,
+                        "participant_id": p.participant_id if p is not None else None,
+                        "site_id": site_id,
+                        "name": name,
+                    }
+                )
+            out[kind] = items
+        return out
+
+    # ---------------------------------------------------------------- introspection
+
+    def stats(self) -> dict:
+        packets_in = sum(t.packets_in for t in self.transports.values())
+        packets_out = sum(t.packets_out for t in self.transports.values())
+        return {
+            "meeting_id": self.meeting_id,
+            "participants": len(self.transports),
+            "packets_in": packets_in,
+            "packets_out": packets_out,
+        }

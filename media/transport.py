@@ -1,0 +1,466 @@
+"""A participant's WebRTC transport: aiortc for ICE, DTLS, SRTP keys and SDP; RTP is ours.
+
+aiortc's RTCRtpReceiver always decodes and its RTCRtpSender runs its own RTP/RTCP loops, so
+neither may run for forwarded media. After negotiation this class replaces every
+transceiver's `receiver.receive` and `sender.send` with no-ops (no decoder thread, no
+encoder, no sender reports with zero counts), and once DTLS is up it takes datagrams
+straight from the nominated ICE pair's socket protocol: SRTP/SRTCP are decrypted and handled
+synchronously in the datagram callback, without aioice's queue, aiortc's RTP parse and
+router, or a task switch. STUN and DTLS still take aioice's and aiortc's normal paths.
+
+Sending is the mirror image: SRTP-protect into a reusable buffer and `sendto` on the
+nominated pair's datagram transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Optional
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpHeaderExtensionParameters
+
+from . import network, rtcp
+from .consumer import Consumer
+from .producer import Producer, RecvStream
+from .rtp import RtpInfo, ext_table, parse_rtp
+from .sdp import (
+    CODEC_FOR_KIND,
+    PUBLISH_EXTENSIONS,
+    SLOT_EXTENSIONS,
+    OfferError,
+    OfferInfo,
+    Section,
+    add_fmtp,
+    inspect_offer,
+)
+from .srtp import SrtpContext, SrtpError
+
+if TYPE_CHECKING:
+    from .router import Router
+
+logger = logging.getLogger(__name__)
+
+RTCP_INTERVAL = 1.0  # mean seconds between receiver/sender reports
+
+
+@dataclass
+class MediaSettings:
+    """What the forwarding core needs from the server's configuration."""
+
+    bind_addresses: Optional[list[str]] = None  # None: aioice's default (all non-loopback)
+    announce_ip: Optional[str] = None  # rewrite host candidates to this address (NAT 1:1)
+    video_slots: int = 9
+    audio_slots: int = 3
+    publisher_max_bitrate: int = 2_500_000  # REMB sent to publishers, bit/s
+    start_bitrate_kbps: int = 1000  # x-google-start-bitrate hint in answers
+    ice_servers: list[dict] = field(default_factory=list)
+
+
+async def _no_op(*args: object, **kwargs: object) -> None:
+    """Stands in for RTCRtpSender.send / RTCRtpReceiver.receive on forwarded streams."""
+
+
+class WebRtcTransport:
+    def __init__(self, router: "Router", participant_id: str, settings: MediaSettings) -> None:
+        self.router = router
+        self.participant_id = participant_id
+        self.settings = settings
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.rtcp_ssrc = random.getrandbits(32) | 1
+        self.cname = f"hoinghi-{participant_id[:16]}"
+        self.producers: dict[str, Producer] = {}
+        self._producers_by_mid: dict[str, Producer] = {}
+        self.consumers: dict[str, list[Consumer]] = {"audio": [], "video": []}
+        self._media_streams: dict[int, RecvStream] = {}
+        self._rtx_streams: dict[int, RecvStream] = {}
+        self._consumer_by_ssrc: dict[int, Consumer] = {}
+        self.ext_kinds: list[int] = ext_table({})
+        self._rx: Optional[SrtpContext] = None
+        self._tx: Optional[SrtpContext] = None
+        self._sendto: Optional[Callable] = None
+        self._addr: Optional[tuple] = None
+        self._rtcp_task: Optional[asyncio.Task] = None
+        self.negotiated = False
+        self.connected = asyncio.Event()
+        self.closed = False
+        self.on_state: Optional[Callable[[str], None]] = None
+        self.rtt = 0.0
+        self.remb = 0
+        # counters for metrics and benchmarks
+        self.packets_in = 0
+        self.bytes_in = 0
+        self.packets_out = 0
+        self.bytes_out = 0
+        self.rtcp_in = 0
+        self.dropped_in = 0
+        self.send_errors = 0
+
+    # ---------------------------------------------------------------- negotiation
+
+    async def negotiate(self, offer_sdp: str) -> str:
+        """Accept a site's offer; return the answer SDP. Raises OfferError with a reason."""
+        s = self.settings
+        info = inspect_offer(offer_sdp, s.video_slots, s.audio_slots)
+        pc = self.pc
+        try:
+            with network.bind_addresses(s.bind_addresses):
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+                transceivers = pc.getTransceivers()
+                by_mid = {t.mid: t for t in transceivers}
+                for section in info.sections:
+                    self._configure(by_mid[section.mid], section)
+                answer = await pc.createAnswer()
+                await pc.setLocalDescription(answer)
+        except OfferError:
+            raise
+        except Exception as exc:
+            raise OfferError(f"the offer could not be applied ({type(exc).__name__}: {str(exc)[:160]})") from None
+        text = pc.localDescription.sdp
+        if s.announce_ip and s.bind_addresses and s.announce_ip not in s.bind_addresses:
+            text = network.announce(text, s.announce_ip)
+        for kind, section in info.publish.items():
+            t = by_mid[section.mid]
+            if kind == "video":
+                codec = next(c for c in t._codecs if c.mimeType.lower() == CODEC_FOR_KIND[kind])
+                text = add_fmtp(text, section.mid, codec.payloadType, f"x-google-start-bitrate={s.start_bitrate_kbps}")
+        self._build(info, by_mid)
+        dtls = transceivers[0].receiver.transport
+        # packets that slip through aiortc's own path before our fast path is installed
+        dtls._handle_rtp_data = self._slow_rtp
+        dtls._handle_rtcp_data = self._slow_rtcp
+        dtls.on("statechange", lambda: self._dtls_state(dtls))
+        pc.on("connectionstatechange", self._pc_state)
+        self.negotiated = True
+        return text
+
+    def _configure(self, transceiver, section: Section) -> None:
+        kind = section.kind
+        wanted = CODEC_FOR_KIND[kind]
+        codecs = [c for c in transceiver._codecs if c.mimeType.lower() == wanted][:1]
+        if codecs:
+            main = codecs[0]
+            codecs += [
+                c for c in transceiver._codecs if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") == main.payloadType
+            ][:1]
+        transceiver._codecs = codecs
+        allowed = PUBLISH_EXTENSIONS[kind] if section.publishes else SLOT_EXTENSIONS[kind]
+        transceiver._headerExtensions = [
+            RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri) for uri, ext_id in section.extensions.items() if uri in allowed
+        ]
+        if section.receives:
+            transceiver.direction = "sendonly"
+            transceiver.sender._stream_id = f"hoinghi-{kind}-{section.mid}"
+            if kind == "video" and codecs:
+                fb = codecs[0].rtcpFeedback
+                if not any(f.type == "ccm" for f in fb):
+                    fb.append(RTCRtcpFeedback(type="ccm", parameter="fir"))
+        elif section.publishes:
+            transceiver.direction = "recvonly"
+        transceiver.sender.send = _no_op
+        transceiver.receiver.receive = _no_op
+
+    def _build(self, info: OfferInfo, by_mid: dict) -> None:
+        uri_ids: dict[str, int] = {}
+        for kind, section in info.publish.items():
+            t = by_mid[section.mid]
+            if not t._codecs:
+                continue
+            main = t._codecs[0]
+            rtx = t._codecs[1] if len(t._codecs) > 1 else None
+            feedback = {f.type + (" " + f.parameter if f.parameter else "") for f in main.rtcpFeedback}
+            producer = Producer(
+                self, kind, section.mid, main.mimeType.lower(), main.clockRate, main.payloadType,
+                rtx.payloadType if rtx else None, feedback, section.rids,
+            )
+            for ext in t._headerExtensions:
+                uri_ids[ext.uri] = ext.id
+            if not section.rids and section.ssrcs:
+                stream = producer.streams[0]
+                stream.ssrc = section.ssrcs[0]
+                self._media_streams[stream.ssrc] = stream
+                rtx_ssrc = section.fid.get(stream.ssrc)
+                if rtx_ssrc:
+                    stream.rtx_ssrc = rtx_ssrc
+                    self._rtx_streams[rtx_ssrc] = stream
+            self.producers[kind] = producer
+            self._producers_by_mid[section.mid] = producer
+        self.ext_kinds = ext_table(uri_ids)
+        for kind in ("audio", "video"):
+            for index, section in enumerate(info.slots[kind]):
+                t = by_mid[section.mid]
+                if not t._codecs:
+                    continue
+                main = t._codecs[0]
+                rtx = t._codecs[1] if len(t._codecs) > 1 else None
+                exts = {x.uri: x.id for x in t._headerExtensions}
+                consumer = Consumer(
+                    self, kind, index, section.mid, t.sender._ssrc, main.payloadType, main.clockRate,
+                    t.sender._rtx_ssrc if rtx else None, rtx.payloadType if rtx else None,
+                    abs_send_time_id=exts.get(SLOT_EXTENSIONS["video"][0], 0) if kind == "video" else 0,
+                    audio_level_id=exts.get(SLOT_EXTENSIONS["audio"][0], 0) if kind == "audio" else 0,
+                    nack=any(f.type == "nack" and not f.parameter for f in main.rtcpFeedback),
+                )
+                self.consumers[kind].append(consumer)
+                self._consumer_by_ssrc[consumer.ssrc] = consumer
+                if consumer.rtx_ssrc is not None:
+                    self._consumer_by_ssrc[consumer.rtx_ssrc] = consumer
+
+    # ---------------------------------------------------------------- connection state
+
+    def _dtls_state(self, dtls) -> None:
+        if dtls.state == "connected" and self._tx is None:
+            self._install_fast_path(dtls)
+        elif dtls.state in ("closed", "failed"):
+            self._sendto = None
+
+    def _install_fast_path(self, dtls) -> None:
+        self._rx = SrtpContext(dtls._rx_srtp)
+        self._tx = SrtpContext(dtls._tx_srtp)
+        ice = dtls.transport._connection
+        pair = ice._nominated.get(1)
+        if pair is None:
+            logger.warning("transport %s: DTLS up but no nominated ICE pair", self.participant_id)
+            return
+        on_datagram = self._on_datagram
+        original_data_received = ice.data_received
+
+        def data_received(data: bytes, component: int) -> None:
+            if 127 < data[0] < 192:
+                on_datagram(data)
+            else:
+                original_data_received(data, component)
+
+        ice.data_received = data_received
+        protocol = pair.protocol
+        original_datagram_received = protocol.datagram_received
+
+        def datagram_received(data: bytes, addr: tuple) -> None:
+            # RTP/RTCP first byte is 128..191; STUN is 0..3, DTLS 20..63
+            if 127 < data[0] < 192:
+                on_datagram(data)
+            else:
+                original_datagram_received(data, addr)
+
+        protocol.datagram_received = datagram_received
+        self._sendto = protocol.transport.sendto
+        self._addr = pair.remote_addr
+        self.connected.set()
+        if self._rtcp_task is None:
+            self._rtcp_task = asyncio.ensure_future(self._rtcp_loop())
+        self.router.transport_connected(self)
+
+    def _pc_state(self) -> None:
+        state = self.pc.connectionState
+        if self.on_state is not None:
+            self.on_state(state)
+
+    # ---------------------------------------------------------------- receive path
+
+    async def _slow_rtp(self, data: bytes, arrival_time_ms: int = 0) -> None:
+        self._on_rtp(data)
+
+    async def _slow_rtcp(self, data: bytes) -> None:
+        self._on_rtcp(data)
+
+    def _on_datagram(self, data: bytes) -> None:
+        rx = self._rx
+        if rx is None:
+            return
+        b1 = data[1] if len(data) > 1 else 0
+        if 192 <= b1 <= 208:
+            plain = rx.unprotect_rtcp(data)
+            if plain is not None:
+                self._on_rtcp(plain)
+            else:
+                self.dropped_in += 1
+        else:
+            plain = rx.unprotect(data)
+            if plain is not None:
+                self._on_rtp(plain)
+            else:
+                self.dropped_in += 1
+
+    def _on_rtp(self, data: bytes) -> None:
+        try:
+            info = parse_rtp(data, self.ext_kinds)
+        except ValueError:
+            self.dropped_in += 1
+            return
+        self.packets_in += 1
+        self.bytes_in += len(data)
+        now = time.monotonic()
+        info.arrival = now
+        stream = self._media_streams.get(info.ssrc)
+        if stream is not None:
+            stream.on_rtp(info, now)
+            return
+        stream = self._rtx_streams.get(info.ssrc)
+        if stream is not None:
+            stream.on_rtx(info, now)
+            return
+        stream = self._learn_ssrc(info)
+        if stream is None:
+            self.dropped_in += 1
+        elif info.ssrc == stream.rtx_ssrc:
+            stream.on_rtx(info, now)
+        else:
+            stream.on_rtp(info, now)
+
+    def _learn_ssrc(self, info: RtpInfo) -> Optional[RecvStream]:
+        """Bind an unknown SSRC to a stream by mid/rid/repaired-rid, else by payload type.
+
+        Chrome sends these extensions only on the first packets of an SSRC, so the binding is
+        made on first sight and every later packet is routed by SSRC alone.
+        """
+        producer = self._producers_by_mid.get(info.mid) if info.mid else None
+        if producer is None:
+            for p in self.producers.values():
+                if info.pt in (p.payload_type, p.rtx_payload_type):
+                    producer = p
+                    break
+        if producer is None:
+            return None
+        is_rtx = info.pt == producer.rtx_payload_type and producer.rtx_payload_type is not None
+        rid = info.rrid if is_rtx else info.rid
+        if rid is not None:
+            stream = producer.stream_for_rid(rid)
+        elif not producer.simulcast:
+            stream = producer.streams[0]
+        else:
+            return None
+        if stream is None:
+            return None
+        if is_rtx:
+            if stream.rtx_ssrc is not None:
+                self._rtx_streams.pop(stream.rtx_ssrc, None)
+            stream.rtx_ssrc = info.ssrc
+            self._rtx_streams[info.ssrc] = stream
+        else:
+            if stream.ssrc is not None:
+                self._media_streams.pop(stream.ssrc, None)
+            stream.ssrc = info.ssrc
+            self._media_streams[info.ssrc] = stream
+            self.router.stream_started(stream)
+        return stream
+
+    def _on_rtcp(self, data: bytes) -> None:
+        self.rtcp_in += 1
+        now = time.monotonic()
+        try:
+            for item in rtcp.parse_compound(data):
+                self._handle_rtcp(item, now)
+        except ValueError:
+            self.dropped_in += 1
+
+    def _handle_rtcp(self, item: rtcp.RtcpItem, now: float) -> None:
+        consumers = self._consumer_by_ssrc
+        if isinstance(item, rtcp.Nack):
+            c = consumers.get(item.media_ssrc)
+            if c is not None:
+                c.on_nack(item.lost)
+        elif isinstance(item, rtcp.Pli):
+            c = consumers.get(item.media_ssrc)
+            if c is not None:
+                c.request_keyframe()
+        elif isinstance(item, rtcp.Fir):
+            for ssrc, _seqnr in item.entries:
+                c = consumers.get(ssrc)
+                if c is not None:
+                    c.request_keyframe()
+        elif isinstance(item, (rtcp.SenderReport, rtcp.ReceiverReport)):
+            if isinstance(item, rtcp.SenderReport):
+                stream = self._media_streams.get(item.ssrc)
+                if stream is not None:
+                    stream.on_sr(item, now)
+            for block in item.reports:
+                c = consumers.get(block.ssrc)
+                if c is not None and c.ssrc == block.ssrc:
+                    c.on_report(block, now)
+        elif isinstance(item, rtcp.Remb):
+            self.remb = item.bitrate
+
+    # ---------------------------------------------------------------- send path
+
+    def send_rtp(self, packet: bytearray) -> None:
+        sendto = self._sendto
+        if sendto is None:
+            return
+        try:
+            data = self._tx.protect(packet)
+        except SrtpError:
+            self.send_errors += 1
+            return
+        sendto(data, self._addr)
+        self.packets_out += 1
+        self.bytes_out += len(data)
+
+    def send_rtcp(self, packet: bytes) -> None:
+        sendto = self._sendto
+        if sendto is None:
+            return
+        try:
+            sendto(self._tx.protect_rtcp(packet), self._addr)
+        except SrtpError:
+            self.send_errors += 1
+
+    async def _rtcp_loop(self) -> None:
+        """Receiver reports (+REMB) for what this site publishes, sender reports for its slots."""
+        try:
+            while not self.closed:
+                await asyncio.sleep(RTCP_INTERVAL * (0.5 + random.random()))
+                self.send_reports(time.monotonic())
+        except asyncio.CancelledError:
+            pass
+
+    def send_reports(self, now: float) -> None:
+        blocks = []
+        media_ssrcs = []
+        has_video = False
+        for producer in self.producers.values():
+            for stream in producer.streams:
+                stream.update_rate(now)
+                block = stream.report_block(now)
+                if block is not None:
+                    blocks.append(block)
+                    media_ssrcs.append(stream.ssrc)
+                    has_video = has_video or producer.kind == "video"
+                if stream.sinks and producer.kind == "video":
+                    for sink in stream.sinks:
+                        if sink.target is stream and now - sink.target_since > 1.0:
+                            stream.request_keyframe(now)
+                            break
+        if blocks:
+            packet = rtcp.pack_rr(self.rtcp_ssrc, blocks)
+            if has_video and self.settings.publisher_max_bitrate:
+                packet += rtcp.pack_remb(self.rtcp_ssrc, self.settings.publisher_max_bitrate, media_ssrcs)
+            self.send_rtcp(packet)
+        ntp = rtcp.ntp_now()
+        for consumers in self.consumers.values():
+            for c in consumers:
+                sr = c.sender_report(now, ntp)
+                if sr is not None:
+                    self.send_rtcp(sr + rtcp.pack_sdes_cname(c.ssrc, self.cname))
+
+    # ---------------------------------------------------------------- teardown
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._sendto = None
+        if self._rtcp_task is not None:
+            self._rtcp_task.cancel()
+        for producer in self.producers.values():
+            producer.close()
+        for consumers in self.consumers.values():
+            for c in consumers:
+                c.close()
+        try:
+            await self.pc.close()
+        except Exception:  # closing a half-negotiated connection must never take others down
+            logger.exception("transport %s: error while closing", self.participant_id)

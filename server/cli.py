@@ -1,0 +1,141 @@
+"""`hoinghi` command line: run the server, or mint a join link for a site.
+
+`token` loads settings exactly as `serve` does, so a link printed at the hub console is
+signed with the secret the running server checks (same data dir => same secret file) and
+points at the URL the server advertises. The token travels in the URL fragment (`#t=`),
+which browsers never send to the server, so it cannot end up in access logs or proxies.
+
+Operator mistakes (bad config, unknown meeting) print one plain line and exit 2; a
+traceback would only hide the message from the person at the console.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from server.auth import ROLES, SecretFileError, TokenService
+from server.config import ConfigError, Settings, load_settings
+from server.storage import Storage, StorageError
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A problem the operator can fix; printed without a traceback."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def _add_settings_flags(p: argparse.ArgumentParser, *, with_host: bool) -> None:
+    if with_host:
+        p.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="HTTP port (default 8080)")
+    p.add_argument("--data-dir", type=Path, help="database, secret and config directory (default ./hoinghi-data)")
+    p.add_argument("--announce-ip", help="IP address sites use to reach this server (behind NAT / in Docker)")
+    p.add_argument("--public-url", help="base of join links, e.g. https://hoinghi.example.gov.vn")
+    p.add_argument("--config", type=Path, help="TOML config file (default <data-dir>/hoinghi.toml if present)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hoinghi", description="Self-hosted WebRTC conferencing server.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the conferencing server until stopped")
+    _add_settings_flags(serve, with_host=True)
+
+    token = sub.add_parser("token", help="print a join link for one site")
+    token.add_argument("--meeting", required=True, help="meeting id (e.g. demo)")
+    token.add_argument("--site", required=True, help="site id the link is for")
+    token.add_argument("--role", required=True, choices=ROLES, help="hub, operator or site")
+    token.add_argument("--name", help="display name shown to other participants")
+    token.add_argument("--ttl", type=_positive_int, help="validity in seconds (default: token_ttl_s setting)")
+    _add_settings_flags(token, with_host=False)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        "host": getattr(args, "host", None),
+        "port": args.port,
+        "data_dir": args.data_dir,
+        "announce_ip": args.announce_ip,
+        "public_url": args.public_url,
+    }
+    return load_settings(config_file=args.config, env=os.environ, overrides=overrides)
+
+
+def join_url(settings: Settings, role: str, token: str) -> str:
+    page = "site" if role == "site" else "hub"
+    return f"{settings.join_base_url}/{page}#t={token}"
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    storage = Storage(settings.db_path)
+    try:
+        if settings.demo_meeting:
+            storage.ensure_demo()
+        meeting = storage.get_meeting(args.meeting)
+        if meeting is None:
+            known = ", ".join(m.id for m in storage.list_meetings()) or "none"
+            raise CliError(f"meeting {args.meeting!r} does not exist in {settings.db_path} (known: {known})")
+        if meeting.status == "ended":
+            raise CliError(f"meeting {args.meeting!r} has ended; no new join links can be issued")
+        if not storage.site_may_join(meeting.id, args.site):
+            raise CliError(f"site {args.site!r} is not invited to meeting {meeting.id!r}")
+    finally:
+        storage.close()
+
+    ttl = args.ttl or settings.token_ttl_s
+    token = TokenService(settings.secret_path).issue(meeting.id, args.site, args.role, ttl, name=args.name)
+    until = time.strftime("%Y-%m-%d %H:%M", time.localtime(time.time() + ttl))
+    print(
+        f"Join link for site {args.site!r} as {args.role} in meeting {meeting.id!r} "
+        f"({meeting.title}), valid until {until}:",
+        file=sys.stderr,
+    )
+    print(join_url(settings, args.role, token), flush=True)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    try:
+        from server.app import run  # imported late: pulls in aiortc/av, slow and heavy
+    except ModuleNotFoundError as exc:
+        if exc.name in ("server.app",):
+            raise CliError("this installation has no server (server/app.py is missing)") from None
+        raise
+    try:
+        run(settings)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"serve": cmd_serve, "token": cmd_token}[args.command]
+    try:
+        return handler(args)
+    except (CliError, ConfigError, StorageError, SecretFileError) as exc:
+        print(f"hoinghi: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The aiohttp WebSocket service that admits sites to meetings and negotiates their media."""

@@ -1,0 +1,111 @@
+"""The signaling service: the `/ws` endpoint and the registry of live rooms.
+
+It depends on two narrow things from the server: something that verifies tokens and
+something that stores meetings and events. Both are passed in, so this package has no
+knowledge of configuration files or databases.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple, Protocol, Union
+
+from aiohttp import web
+
+from media import MediaSettings
+
+from .room import Room
+from .schema import MAX_MESSAGE_BYTES
+from .session import CLOSE_AUTH, CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, Session
+
+logger = logging.getLogger(__name__)
+
+
+class TokenVerifier(Protocol):
+    def verify(self, token: str) -> Any: ...
+
+
+class MeetingStore(Protocol):
+    def get_meeting(self, meeting_id: str) -> Any: ...
+    def site_may_join(self, meeting_id: str, site_id: str) -> bool: ...
+    def add_event(self, meeting_id: str, kind: str, site_id: Any = None, data: Any = None) -> Any: ...
+
+
+class Refusal(NamedTuple):
+    code: str
+    message: str
+    close_code: int
+
+
+class SignalingService:
+    def __init__(
+        self,
+        tokens: TokenVerifier,
+        storage: MeetingStore,
+        media: MediaSettings,
+        max_participants: int = 200,
+        auth_error: type[Exception] = Exception,
+    ) -> None:
+        self.tokens = tokens
+        self.storage = storage
+        self.media = media
+        self.max_participants = max_participants
+        self.auth_error = auth_error
+        self.rooms: dict[str, Room] = {}
+        self.sessions: set[Session] = set()
+
+    def admit(self, token: str) -> Union[tuple[Any, Any], Refusal]:
+        """Verify a join token and find its meeting; a refusal is (code, message, close code)."""
+        try:
+            claims = self.tokens.verify(token)
+        except self.auth_error as exc:
+            code = getattr(exc, "code", "auth_invalid")
+            if code == "auth_expired":
+                return Refusal(code, "the join link has expired; ask the hub for a new one", CLOSE_AUTH)
+            return Refusal("auth_invalid", "the join link is not valid; check that it was copied whole", CLOSE_AUTH)
+        meeting = self.storage.get_meeting(claims.meeting_id)
+        if meeting is None:
+            return Refusal("meeting_not_found", f"meeting {claims.meeting_id!r} does not exist", CLOSE_NOT_FOUND)
+        if getattr(meeting, "status", "") == "ended":
+            return Refusal("meeting_ended", "this meeting has ended", CLOSE_NOT_FOUND)
+        if claims.role == "site" and not self.storage.site_may_join(claims.meeting_id, claims.site_id):
+            return Refusal("not_invited", f"site {claims.site_id!r} is not on this meeting's list", CLOSE_FORBIDDEN)
+        return claims, meeting
+
+    def room_for(self, meeting: Any) -> Room:
+        room = self.rooms.get(meeting.id)
+        if room is None:
+            room = Room(meeting.id, meeting.title, self.media, self.max_participants)
+            self.rooms[meeting.id] = room
+        return room
+
+    def room_maybe_empty(self, room: Room) -> None:
+        if room.empty and self.rooms.get(room.meeting_id) is room:
+            del self.rooms[room.meeting_id]
+
+    def event(self, meeting_id: str, kind: str, site_id: Any = None, data: Any = None) -> None:
+        try:
+            self.storage.add_event(meeting_id, kind, site_id, data)
+        except Exception:
+            logger.exception("could not store event %s for meeting %s", kind, meeting_id)
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        # aiohttp itself closes frames over max_msg_size without a reply; allow 4x so the
+        # session can answer an oversized message with a clear error instead.
+        ws = web.WebSocketResponse(max_msg_size=4 * MAX_MESSAGE_BYTES, heartbeat=30.0)
+        await ws.prepare(request)
+        session = Session(self, ws, request.remote or "?")
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+        return ws
+
+    async def shutdown(self) -> None:
+        for session in list(self.sessions):
+            session.send({"type": "bye", "reason": "server_shutdown"})
+            session.close(1001, "server shutdown")
+        for room in list(self.rooms.values()):
+            for pid in list(room.router.transports):
+                await room.router.remove_transport(pid)

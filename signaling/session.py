@@ -1,0 +1,265 @@
+"""One WebSocket connection: admission, negotiation and the participant's life in a room.
+
+Every frame is size-checked, rate-limited, decoded and schema-validated before a handler
+runs; a bad frame gets an `error` reply and changes nothing. Outgoing messages go through a
+bounded queue drained by one writer task, so the media router can notify a session without
+awaiting a slow socket, and messages keep their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING, Any, Optional
+
+from aiohttp import WSMsgType, web
+
+from media import OfferError
+
+from .limits import TokenBucket
+from .room import Participant, Room
+from .schema import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, MessageError, validate
+
+if TYPE_CHECKING:
+    from .service import SignalingService
+
+from . import service as _service
+
+logger = logging.getLogger(__name__)
+
+JOIN_TIMEOUT = 10.0
+OUTBOX_LIMIT = 2000
+MESSAGES_PER_SECOND = 20.0
+MESSAGE_BURST = 40.0
+MAX_REJECTED = 200  # rate-limited messages tolerated before the connection is closed
+
+CLOSE_AUTH = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+CLOSE_CONFLICT = 4409
+CLOSE_PROTOCOL = 4400
+CLOSE_RATE = 4429
+
+
+class Session:
+    def __init__(self, service: "SignalingService", ws: web.WebSocketResponse, peer: str) -> None:
+        self.service = service
+        self.ws = ws
+        self.peer = peer
+        self.participant: Optional[Participant] = None
+        self.room: Optional[Room] = None
+        self.transport = None
+        self.negotiated = False
+        self._negotiating = False
+        self._outbox: asyncio.Queue[Optional[tuple]] = asyncio.Queue()
+        self._writer: Optional[asyncio.Task] = None
+        self._bucket = TokenBucket(MESSAGES_PER_SECOND, MESSAGE_BURST)
+        self._rejected = 0
+        self._closing = False
+
+    # ---------------------------------------------------------------- outgoing
+
+    def send(self, message: dict) -> None:
+        if self._closing:
+            return
+        if self._outbox.qsize() >= OUTBOX_LIMIT:
+            logger.warning("session %s: client is not reading; closing", self.label)
+            self.close(CLOSE_PROTOCOL, "client not reading")
+            return
+        self._outbox.put_nowait(("msg", message))
+
+    def error(self, code: str, message: str, ref: Any = None, fatal: bool = False, close_code: int = CLOSE_PROTOCOL) -> None:
+        body = {"type": "error", "code": code, "message": message, "fatal": fatal}
+        if ref is not None:
+            body["ref"] = ref
+        self.send(body)
+        if fatal:
+            self.close(close_code, code)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        if not self._closing:
+            self._closing = True
+            self._outbox.put_nowait(("close", code, reason))
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                item = await self._outbox.get()
+                if item is None:
+                    return
+                if item[0] == "msg":
+                    await self.ws.send_str(json.dumps(item[1], ensure_ascii=False, separators=(",", ":")))
+                else:
+                    await self.ws.close(code=item[1], message=item[2].encode()[:120])
+                    return
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            pass
+
+    @property
+    def label(self) -> str:
+        if self.participant is not None:
+            return f"{self.participant.site_id}/{self.participant.id}"
+        return self.peer
+
+    # ---------------------------------------------------------------- main loop
+
+    async def run(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop())
+        join_timer = asyncio.get_running_loop().call_later(JOIN_TIMEOUT, self._join_timeout)
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self._on_text(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    self.error("bad_message", "binary frames are not part of the protocol; send JSON text")
+                elif msg.type == WSMsgType.ERROR:
+                    break
+                if self._closing:
+                    break
+        finally:
+            join_timer.cancel()
+            await self._leave()
+            self.close(1000, "")
+            if self._writer is not None:
+                try:
+                    await asyncio.wait_for(self._writer, timeout=2.0)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    self._writer.cancel()
+
+    def _join_timeout(self) -> None:
+        if self.participant is None:
+            self.error("auth_missing", f"no join message within {JOIN_TIMEOUT:.0f} s", fatal=True, close_code=CLOSE_AUTH)
+
+    async def _on_text(self, text: str) -> None:
+        if len(text) > MAX_MESSAGE_BYTES:
+            self.error("message_too_large", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
+            return
+        if not self._bucket.take():
+            self._rejected += 1
+            if self._rejected > MAX_REJECTED:
+                self.error("rate_limited", "too many messages; connection closed", fatal=True, close_code=CLOSE_RATE)
+            elif self._rejected % 20 == 1:
+                self.error("rate_limited", f"more than {MESSAGES_PER_SECOND:.0f} messages per second; message ignored")
+            return
+        ref = None
+        try:
+            try:
+                raw = json.loads(text)
+            except (ValueError, RecursionError):
+                raise MessageError("bad_json", "the message is not valid JSON") from None
+            if isinstance(raw, dict):
+                ref = raw.get("id") if isinstance(raw.get("id"), (str, int)) else None
+            msg = validate(raw)
+            handler = getattr(self, "_on_" + msg["type"])
+            await handler(msg)
+        except MessageError as exc:
+            self.error(exc.code, exc.message, ref=ref)
+        except Exception:
+            logger.exception("session %s: internal error", self.label)
+            self.error("internal", "the server failed to handle this message; it was ignored", ref=ref)
+
+    # ---------------------------------------------------------------- handlers
+
+    async def _on_join(self, msg: dict) -> None:
+        if self.participant is not None:
+            raise MessageError("already_joined", "this connection has already joined")
+        svc = self.service
+        ref = msg.get("id")
+        verdict = svc.admit(msg["token"])
+        if isinstance(verdict, _service.Refusal):
+            code, text, close_code = verdict
+            logger.info("join refused from %s: %s", self.peer, code)
+            self.error(code, text, ref=ref, fatal=True, close_code=close_code)
+            return
+        claims, meeting = verdict
+        room = svc.room_for(meeting)
+        previous = room.by_site(claims.site_id)
+        if previous is not None:
+            previous.send({"type": "bye", "reason": "replaced"})
+            previous.close(CLOSE_CONFLICT, "replaced")
+            await previous._leave()
+        if len(room.sessions) >= room.max_participants:
+            self.error("meeting_full", f"the meeting already has {room.max_participants} participants", ref=ref, fatal=True, close_code=CLOSE_CONFLICT)
+            return
+        name = msg.get("name") or claims.name or claims.site_id
+        self.participant = Participant(id=secrets.token_hex(8), site_id=claims.site_id, name=name, role=claims.role)
+        self.room = room
+        room.add(self)
+        svc.event(room.meeting_id, "join", claims.site_id, {"participant_id": self.participant.id, "role": claims.role})
+        logger.info("site %s joined meeting %s as %s", claims.site_id, room.meeting_id, claims.role)
+        reply = {
+            "type": "joined",
+            "protocol": PROTOCOL_VERSION,
+            "participant": self.participant.info(),
+            "meeting": {"id": room.meeting_id, "title": room.title},
+            "slots": {"video": svc.media.video_slots, "audio": svc.media.audio_slots},
+            "participants": room.others(self),
+            "ice_servers": svc.media.ice_servers,
+        }
+        if ref is not None:
+            reply["ref"] = ref
+        self.send(reply)
+
+    def _require_joined(self) -> None:
+        if self.participant is None or self.room is None:
+            raise MessageError("not_joined", "send a join message first")
+
+    async def _on_offer(self, msg: dict) -> None:
+        self._require_joined()
+        if self.negotiated or self._negotiating:
+            raise MessageError("renegotiation_unsupported", "one offer per connection; to reconnect, open a new connection and join again")
+        assert self.room is not None and self.participant is not None
+        self._negotiating = True
+        p = self.participant
+        transport = self.room.router.create_transport(p.id, p.site_id, p.name, p.role)
+        try:
+            answer = await transport.negotiate(msg["sdp"])
+        except OfferError as exc:
+            self.room.router.transports.pop(p.id, None)
+            await transport.close()
+            raise MessageError("sdp_invalid", str(exc)) from None
+        finally:
+            self._negotiating = False
+        if self._closing or self.room is None:
+            await transport.close()
+            return
+        self.transport = transport
+        self.negotiated = True
+        p.publishing = {"audio": "audio" in transport.producers, "video": "video" in transport.producers}
+        reply: dict = {"type": "answer", "sdp": answer}
+        if msg.get("id") is not None:
+            reply["ref"] = msg["id"]
+        self.send(reply)
+        self.send({"type": "slots", **self.room.router.slots_of(transport)})
+        self.room.updated(self)
+        self.room.router.negotiated(transport)
+
+    async def _on_media_state(self, msg: dict) -> None:
+        self._require_joined()
+        assert self.participant is not None and self.room is not None
+        self.participant.audio = msg["audio"]
+        self.participant.video = msg["video"]
+        self.room.updated(self)
+
+    async def _on_ping(self, msg: dict) -> None:
+        reply: dict = {"type": "pong", "time": int(time.time() * 1000)}
+        if msg.get("id") is not None:
+            reply["ref"] = msg["id"]
+        self.send(reply)
+
+    async def _on_leave(self, msg: dict) -> None:
+        await self._leave()
+        self.close(1000, "left")
+
+    async def _leave(self) -> None:
+        room, p = self.room, self.participant
+        self.room = None
+        if room is None or p is None:
+            return
+        await room.remove(self)
+        self.service.event(room.meeting_id, "leave", p.site_id, {"participant_id": p.id})
+        logger.info("site %s left meeting %s", p.site_id, room.meeting_id)
+        self.service.room_maybe_empty(room)
