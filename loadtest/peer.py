@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import aiohttp
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from av import AudioFrame, VideoFrame
 
@@ -198,7 +198,7 @@ class SyntheticSite:
         slots = self.joined["slots"]
         nv = slots["video"] if video_slots is None else video_slots
         na = slots["audio"] if audio_slots is None else audio_slots
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
         self.pc = pc
         if self.publish_audio:
             pc.addTransceiver(ToneAudioTrack(), direction="sendonly")
@@ -229,6 +229,26 @@ class SyntheticSite:
         if answer.get("type") == "error":
             raise RuntimeError(f"offer refused: {answer}")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        self._consumers.append(asyncio.ensure_future(self._route_rtx()))
+
+    async def _route_rtx(self) -> None:
+        """Work around aiortc's client-side BUNDLE routing of RTX.
+
+        aiortc registers only each receiver's media SSRC with its RTP router and falls back
+        to the payload type for unknown SSRCs, so with several video receivers sharing one
+        RTX payload type every retransmission lands on the wrong receiver and is dropped.
+        Browsers route by the SSRCs signalled in the answer; do the same here.
+        """
+        assert self.pc is not None
+        for _ in range(200):
+            receivers = [t.receiver for t in self.pc.getTransceivers() if t.kind == "video" and t.currentDirection == "recvonly"]
+            maps = [(r, r._RTCRtpReceiver__rtx_ssrc) for r in receivers]
+            if maps and all(m for _, m in maps):
+                for r, m in maps:
+                    for rtx_ssrc in m:
+                        r.transport._rtp_router.ssrc_table[rtx_ssrc] = r
+                return
+            await asyncio.sleep(0.05)
 
     async def _consume(self, track, rec: ReceivedTrack) -> None:
         try:

@@ -32,7 +32,6 @@ _MASK = HISTORY - 1
 RESEND_GUARD = 0.05  # do not resend the same packet twice within this, s
 SWITCH_GUARD = 300  # after a switch, drop stragglers older than the switch point for this many packets
 _pack_seq_ts = struct.Struct("!HI").pack_into
-_pack_rtx = struct.Struct("!BBHI").pack_into
 
 
 class Consumer:
@@ -101,6 +100,7 @@ class Consumer:
         self._switch_seq = 0
         self._guard = 0
         self._rtx_seq = random.getrandbits(16)
+        self._rtx_ssrc_bytes = rtx_ssrc.to_bytes(4, "big") if rtx_ssrc is not None else b""
         self.history: Optional[list] = [None] * HISTORY if self.is_video else None
         self._resent_at = [0.0] * HISTORY if self.is_video else None
         # statistics
@@ -258,8 +258,10 @@ class Consumer:
                 hl = self.header_len
                 rtx = bytearray(pkt[:hl])
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-                _pack_rtx(rtx, 1, (pkt[1] & 0x80) | self.rtx_payload_type, self._rtx_seq, (pkt[4] << 24) | (pkt[5] << 16) | (pkt[6] << 8) | pkt[7])
-                rtx[8:12] = self.rtx_ssrc.to_bytes(4, "big")
+                rtx[1] = (pkt[1] & 0x80) | self.rtx_payload_type
+                rtx[2] = self._rtx_seq >> 8
+                rtx[3] = self._rtx_seq & 0xFF
+                rtx[8:12] = self._rtx_ssrc_bytes
                 rtx += pkt[2:4]
                 rtx += memoryview(pkt)[hl:]
                 self.transport.send_rtp(rtx)

@@ -92,15 +92,15 @@ class Router:
         for pid, t in list(self.transports.items()):
             if not t.negotiated or t.closed:
                 continue
-            changed = False
             for kind in ("video", "audio"):
-                changed |= self._assign(t.consumers[kind], self._candidates(kind, pid))
-            if changed and self.on_slots is not None:
-                self.on_slots(t, self.slots_of(t))
+                self._assign(t.consumers[kind], self._candidates(kind, pid))
+            slots = self.slots_of(t)
+            if slots != t.slots_sent and self.on_slots is not None:
+                t.slots_sent = slots
+                self.on_slots(t, slots)
 
-    def _assign(self, consumers: list[Consumer], candidates: list[Producer]) -> bool:
+    def _assign(self, consumers: list[Consumer], candidates: list[Producer]) -> None:
         wanted = candidates[: len(consumers)]
-        changed = False
         placed: set[int] = set()
         free: list[Consumer] = []
         for c in consumers:
@@ -115,7 +115,6 @@ class Router:
             else:
                 if p is not None:
                     c.set_source(None)
-                    changed = True
                 free.append(c)
         for p in wanted:
             if id(p) in placed or not free:
@@ -123,8 +122,6 @@ class Router:
             c = free.pop(0)
             c.set_source(p.best_stream())
             placed.add(id(p))
-            changed = True
-        return changed
 
     def slots_of(self, transport: WebRtcTransport) -> dict:
         out: dict[str, list] = {}

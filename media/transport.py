@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpHeaderExtensionParameters
 
 from . import network, rtcp
@@ -70,7 +70,7 @@ class WebRtcTransport:
         self.router = router
         self.participant_id = participant_id
         self.settings = settings
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
         self.rtcp_ssrc = random.getrandbits(32) | 1
         self.cname = f"hoinghi-{participant_id[:16]}"
         self.producers: dict[str, Producer] = {}
@@ -86,6 +86,7 @@ class WebRtcTransport:
         self._addr: Optional[tuple] = None
         self._rtcp_task: Optional[asyncio.Task] = None
         self.negotiated = False
+        self.slots_sent: Optional[dict] = None  # last slot map told to the client
         self.connected = asyncio.Event()
         self.closed = False
         self.on_state: Optional[Callable[[str], None]] = None
@@ -262,28 +263,41 @@ class WebRtcTransport:
     # ---------------------------------------------------------------- receive path
 
     async def _slow_rtp(self, data: bytes, arrival_time_ms: int = 0) -> None:
-        self._on_rtp(data)
+        try:
+            self._on_rtp(data)
+        except Exception:
+            self.dropped_in += 1
+            logger.exception("transport %s: packet handling failed", self.participant_id)
 
     async def _slow_rtcp(self, data: bytes) -> None:
-        self._on_rtcp(data)
+        try:
+            self._on_rtcp(data)
+        except Exception:
+            self.dropped_in += 1
+            logger.exception("transport %s: packet handling failed", self.participant_id)
 
     def _on_datagram(self, data: bytes) -> None:
         rx = self._rx
         if rx is None:
             return
-        b1 = data[1] if len(data) > 1 else 0
-        if 192 <= b1 <= 208:
-            plain = rx.unprotect_rtcp(data)
-            if plain is not None:
-                self._on_rtcp(plain)
+        try:
+            b1 = data[1] if len(data) > 1 else 0
+            if 192 <= b1 <= 208:
+                plain = rx.unprotect_rtcp(data)
+                if plain is not None:
+                    self._on_rtcp(plain)
+                else:
+                    self.dropped_in += 1
             else:
-                self.dropped_in += 1
-        else:
-            plain = rx.unprotect(data)
-            if plain is not None:
-                self._on_rtp(plain)
-            else:
-                self.dropped_in += 1
+                plain = rx.unprotect(data)
+                if plain is not None:
+                    self._on_rtp(plain)
+                else:
+                    self.dropped_in += 1
+        except Exception:
+            # one bad packet must never reach the event loop (and every other site with it)
+            self.dropped_in += 1
+            logger.exception("transport %s: packet handling failed", self.participant_id)
 
     def _on_rtp(self, data: bytes) -> None:
         try:

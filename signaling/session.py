@@ -233,7 +233,8 @@ class Session:
         if msg.get("id") is not None:
             reply["ref"] = msg["id"]
         self.send(reply)
-        self.send({"type": "slots", **self.room.router.slots_of(transport)})
+        transport.slots_sent = self.room.router.slots_of(transport)
+        self.send({"type": "slots", **transport.slots_sent})
         self.room.updated(self)
         self.room.router.negotiated(transport)
 
