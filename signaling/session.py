@@ -134,7 +134,7 @@ class Session:
             self.error("auth_missing", f"no join message within {JOIN_TIMEOUT:.0f} s", fatal=True, close_code=CLOSE_AUTH)
 
     async def _on_text(self, text: str) -> None:
-        if len(text) > MAX_MESSAGE_BYTES:
+        if len(text) > MAX_MESSAGE_BYTES // 4 and len(text.encode()) > MAX_MESSAGE_BYTES:
             self.error("message_too_large", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
             return
         if not self._bucket.take():

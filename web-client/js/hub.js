@@ -1,0 +1,4 @@
+// Hub console (provincial hub): the same media as a site, plus the live roster table.
+import { startPage } from "./ui.js";
+
+startPage("hub");

@@ -1,0 +1,4 @@
+// Site page (district / commune): publish camera + mic, watch and hear the meeting.
+import { startPage } from "./ui.js";
+
+startPage("site");
