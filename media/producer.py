@@ -131,6 +131,8 @@ class RecvStream:
                 self.keyframe_requested = 0.0
         if info.audio_level >= 0:
             self.producer.audio_level = info.audio_level & 0x7F
+        if self.producer.muted:
+            return
         info.abs24 = int(now * 262144.0) & 0xFFFFFF
         info.payload = memoryview(info.data)[info.payload_offset :]
         for sink in self.sinks:
@@ -302,6 +304,7 @@ class Producer:
         self.pli = "nack pli" in feedback
         self.fir = "ccm fir" in feedback
         self.audio_level = 127
+        self.muted = False  # forwarding stopped by the chair
         self.last_keyframe_request = 0.0
         self.keyframe_requests = 0
         self.closed = False

@@ -34,6 +34,7 @@ class Router:
         self.priority: dict[str, int] = {}  # participant id -> lower is shown first
         self.names: dict[str, tuple[str, str]] = {}  # participant id -> (site id, name)
         self.on_slots: Optional[SlotsListener] = None
+        self.floor: Optional[str] = None  # participant id given the floor by the chair
         self._order = 0
         self._reassign_pending = False
         self.created = time.monotonic()
@@ -84,8 +85,49 @@ class Router:
             p = t.producers.get(kind)
             if p is not None and not p.closed:
                 out.append(p)
-        out.sort(key=lambda p: self.priority.get(p.participant_id, 1 << 40))
+        floor = self.floor
+        out.sort(key=lambda p: -1 if p.participant_id == floor else self.priority.get(p.participant_id, 1 << 40))
         return out
+
+    # ---------------------------------------------------------------- chair controls
+
+    def set_floor(self, participant_id: Optional[str]) -> None:
+        """Give the floor: that site is shown first to everyone (clients show it large)."""
+        self.floor = participant_id
+        self.reassign()
+
+    def set_muted(self, participant_id: str, kind: str, muted: bool) -> bool:
+        """Stop (or resume) forwarding one site's audio or video, whatever its client does."""
+        t = self.transports.get(participant_id)
+        p = t.producers.get(kind) if t is not None else None
+        if p is None:
+            return False
+        p.muted = muted
+        if not muted and kind == "video":
+            for s in p.streams:
+                s.request_keyframe(time.monotonic())
+        return True
+
+    def attach_sink(self, participant_id: str, kind: str, sink) -> Optional[RecvStream]:
+        """Feed any object with write(info, stream, now) and source_closed(stream) from a
+        site's track (its best layer): recording and monitoring use this, not a Consumer."""
+        t = self.transports.get(participant_id)
+        p = t.producers.get(kind) if t is not None else None
+        if p is None:
+            return None
+        stream = p.best_stream()
+        if stream is not None and sink not in stream.sinks:
+            stream.sinks.append(sink)
+            if kind == "video":
+                stream.request_keyframe(time.monotonic())
+        return stream
+
+    def detach_sink(self, sink) -> None:
+        for t in self.transports.values():
+            for p in t.producers.values():
+                for s in p.streams:
+                    if sink in s.sinks:
+                        s.sinks.remove(sink)
 
     def _reassign(self) -> None:
         self._reassign_pending = False
@@ -143,6 +185,10 @@ class Router:
         return out
 
     # ---------------------------------------------------------------- introspection
+
+    def participant_stats(self, participant_id: str) -> Optional[dict]:
+        t = self.transports.get(participant_id)
+        return t.stats() if t is not None else None
 
     def stats(self) -> dict:
         packets_in = sum(t.packets_in for t in self.transports.values())

@@ -460,6 +460,48 @@ class WebRtcTransport:
                 if sr is not None:
                     self.send_rtcp(sr + rtcp.pack_sdes_cname(c.ssrc, self.cname))
 
+    # ---------------------------------------------------------------- introspection
+
+    def stats(self) -> dict:
+        """Link figures for the hub's roster and for metrics (cheap: counters only)."""
+        now = time.monotonic()
+        published = {}
+        for kind, p in self.producers.items():
+            layers = []
+            for s in p.streams:
+                expected = s.cycles + s.max_seq - s.base_seq + 1 if s.started else 0
+                layers.append(
+                    {
+                        "rid": s.rid,
+                        "active": s.ssrc is not None and now - s.last_packet < 1.0,
+                        "bitrate": round(s.bitrate),
+                        "loss": round(max(0, expected - s.received) / expected, 4) if expected > 0 else 0.0,
+                        "jitter_ms": round(s.jitter * 1000 / s.clock_rate, 1),
+                    }
+                )
+            published[kind] = {"muted": p.muted, "layers": layers}
+        received = {}
+        for kind, consumers in self.consumers.items():
+            received[kind] = [
+                {
+                    "index": c.index,
+                    "participant_id": c.producer.participant_id if c.producer else None,
+                    "layer": c.source.layer if c.source is not None else None,
+                    "loss": round(c.fraction_lost / 256, 4),
+                }
+                for c in consumers
+            ]
+        return {
+            "rtt_ms": round(self.rtt * 1000, 1),
+            "estimated_bps": self.remb,
+            "packets_in": self.packets_in,
+            "packets_out": self.packets_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "published": published,
+            "received": received,
+        }
+
     # ---------------------------------------------------------------- teardown
 
     async def close(self) -> None:
