@@ -136,6 +136,11 @@ def run(settings: Settings) -> None:
         return await build_app(settings, storage, tokens)
 
     logger.info("hoinghi serving on http://%s:%s (join links: %s)", settings.host, settings.port, settings.public_url)
+    if settings.demo_meeting:
+        logger.info(
+            "demo meeting ready; make a hub link with: hoinghi token --meeting demo --site hub --role hub --data-dir %s",
+            settings.data_dir,
+        )
     try:
         web.run_app(make(), host=settings.host, port=settings.port, access_log_format='%a "%r" %s %b %Tf', print=None)
     finally:
