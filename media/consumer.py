@@ -48,6 +48,7 @@ class Consumer:
         rtx_payload_type: Optional[int],
         abs_send_time_id: int = 0,
         audio_level_id: int = 0,
+        transport_cc_id: int = 0,
         nack: bool = False,
     ) -> None:
         self.transport = transport
@@ -71,6 +72,10 @@ class Consumer:
         if audio_level_id:
             self._level_off = 12 + 4 + len(ext) + 1
             ext += bytes([(audio_level_id << 4) | 0, 127])
+        self.tcc_off = 0
+        if transport_cc_id:
+            self.tcc_off = 12 + 4 + len(ext) + 1
+            ext += bytes([(transport_cc_id << 4) | 1, 0, 0])
         while len(ext) % 4:
             ext.append(0)
         header = bytearray(12)
@@ -81,6 +86,10 @@ class Consumer:
             header += b"\xbe\xde" + (len(ext) // 4).to_bytes(2, "big") + ext
         self._template = bytes(header)
         self.header_len = len(header)
+        # assignment (by the Router) and layer choice (by the allocator)
+        self.assigned: Optional["Producer"] = None
+        self.fresh = False  # newly assigned: the allocator picks its layer without hold
+        self.reason = "ok"  # why this slot gets what it gets: ok, congestion
         # source and rewriting state
         self.source: Optional["RecvStream"] = None
         self.target: Optional["RecvStream"] = None
@@ -116,8 +125,37 @@ class Consumer:
 
     @property
     def producer(self) -> Optional["Producer"]:
+        return self.assigned
+
+    @property
+    def layer(self) -> int:
         stream = self.target or self.source
-        return stream.producer if stream is not None else None
+        return stream.layer if stream is not None else -1
+
+    def assign(self, producer: Optional["Producer"]) -> None:
+        """The Router puts a publisher's track in this slot (None empties it). Start on the
+        lowest layer; the allocator raises it as the link allows."""
+        if producer is self.assigned:
+            return
+        self.assigned = producer
+        self.paused = False
+        if producer is None:
+            self.set_source(None)
+            return
+        self.fresh = True
+        self.set_source(producer.streams[0])
+
+    def select(self, stream: "RecvStream") -> None:
+        """Forward `stream` (a layer of the assigned producer) from its next keyframe."""
+        if self.paused:
+            self.paused = False
+        self.set_source(stream)
+
+    def pause(self) -> None:
+        """Stop forwarding video to this slot (the link cannot carry even the lowest layer).
+        Resuming goes through a keyframe switch, so the receiver sees no sequence gap."""
+        self.paused = True
+        self.set_source(None)
 
     def set_source(self, stream: Optional["RecvStream"]) -> None:
         """Feed this slot from `stream` (None empties the slot).
@@ -155,6 +193,8 @@ class Consumer:
             self.source = None
         if stream is self.target:
             self.target = None
+        if stream.producer is self.assigned:
+            self.assigned = None
 
     def _switch(self, info: RtpInfo, stream: "RecvStream", now: float) -> None:
         if self.source is not None and self.source is not stream:
@@ -238,7 +278,7 @@ class Consumer:
             self.history[seq & _MASK] = out
         self.packets += 1
         self.octets += len(out) - self.header_len
-        self.transport.send_rtp(out)
+        self.transport.send_rtp(out, self.tcc_off)
 
     # ---------------------------------------------------------------- feedback from the subscriber
 
@@ -264,10 +304,43 @@ class Consumer:
                 rtx[8:12] = self._rtx_ssrc_bytes
                 rtx += pkt[2:4]
                 rtx += memoryview(pkt)[hl:]
-                self.transport.send_rtp(rtx)
+                self.transport.send_rtp(rtx, self.tcc_off)
             else:
-                self.transport.send_rtp(pkt)
+                self.transport.send_rtp(pkt, self.tcc_off)
             self.retransmits += 1
+
+    def rtx_copy(self, pkt: bytearray) -> Optional[bytearray]:
+        """An RTX-wrapped copy of a sent packet (probing reuses recent media this way)."""
+        if self.rtx_ssrc is None or self.rtx_payload_type is None:
+            return None
+        hl = self.header_len
+        rtx = bytearray(pkt[:hl])
+        self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+        rtx[1] = (pkt[1] & 0x80) | self.rtx_payload_type
+        rtx[2] = self._rtx_seq >> 8
+        rtx[3] = self._rtx_seq & 0xFF
+        rtx[8:12] = self._rtx_ssrc_bytes
+        rtx += pkt[2:4]
+        rtx += memoryview(pkt)[hl:]
+        return rtx
+
+    def padding_packet(self, size: int) -> Optional[bytearray]:
+        """A padding-only RTX packet (RFC 3550 padding, at most 255 bytes): probing when no
+        media history exists, e.g. while this slot is paused."""
+        if self.rtx_ssrc is None or self.rtx_payload_type is None:
+            return None
+        size = max(1, min(255, size))
+        pkt = bytearray(self._template)
+        self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+        pkt[0] |= 0x20
+        pkt[1] = self.rtx_payload_type
+        pkt[2] = self._rtx_seq >> 8
+        pkt[3] = self._rtx_seq & 0xFF
+        pkt[4:8] = self.last_ts.to_bytes(4, "big")
+        pkt[8:12] = self._rtx_ssrc_bytes
+        pkt += bytes(size - 1)
+        pkt.append(size)
+        return pkt
 
     def request_keyframe(self) -> None:
         stream = self.target or self.source

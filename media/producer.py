@@ -69,6 +69,7 @@ class RecvStream:
         self._rate_octets = 0
         self._rate_time = time.monotonic()
         self.bitrate = 0.0
+        self.bitrate_peak = 0.0
         self.last_packet = 0.0
         # keyframes
         self.last_keyframe = 0.0
@@ -237,6 +238,7 @@ class RecvStream:
         span = now - self._rate_time
         if span >= 0.5:
             self.bitrate = self._rate_octets * 8 / span
+            self.bitrate_peak = max(self.bitrate, self.bitrate_peak * 0.85)
             self._rate_octets = 0
             self._rate_time = now
 

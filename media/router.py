@@ -136,34 +136,18 @@ class Router:
                 continue
             for kind in ("video", "audio"):
                 self._assign(t.consumers[kind], self._candidates(kind, pid))
+            if t.connected.is_set():
+                t.allocator.run()
             slots = self.slots_of(t)
             if slots != t.slots_sent and self.on_slots is not None:
                 t.slots_sent = slots
                 self.on_slots(t, slots)
 
     def _assign(self, consumers: list[Consumer], candidates: list[Producer]) -> None:
-        wanted = candidates[: len(consumers)]
-        placed: set[int] = set()
-        free: list[Consumer] = []
-        for c in consumers:
-            p = c.producer
-            if p is not None and p in wanted and id(p) not in placed:
-                placed.add(id(p))
-                stream = p.best_stream()
-                if c.target is None and c.source is not None and c.source.producer is p:
-                    pass  # keep the current layer; layer choice belongs to the allocator
-                elif stream is not None and stream is not c.target and stream is not c.source:
-                    c.set_source(stream)
-            else:
-                if p is not None:
-                    c.set_source(None)
-                free.append(c)
-        for p in wanted:
-            if id(p) in placed or not free:
-                continue
-            c = free.pop(0)
-            c.set_source(p.best_stream())
-            placed.add(id(p))
+        """Slot i carries the i-th candidate: slot 0 is the stage (the floor, else the hub),
+        which is what the client shows large and what the allocator lets climb highest."""
+        for i, c in enumerate(consumers):
+            c.assign(candidates[i] if i < len(candidates) else None)
 
     def slots_of(self, transport: WebRtcTransport) -> dict:
         out: dict[str, list] = {}

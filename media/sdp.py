@@ -32,10 +32,9 @@ PUBLISH_EXTENSIONS = {
 #: Extensions the SFU writes on what it forwards to a site. No mid/rid: slots are signalled
 #: by SSRC, and the source behind a slot changes, so a publisher's mid would misroute.
 SLOT_EXTENSIONS = {
-    "audio": [URI_AUDIO_LEVEL],
-    "video": [URI_ABS_SEND_TIME],
+    "audio": [URI_AUDIO_LEVEL, URI_TRANSPORT_CC],
+    "video": [URI_ABS_SEND_TIME, URI_TRANSPORT_CC],
 }
-_ = URI_TRANSPORT_CC  # negotiated with congestion control (see docs/architecture.md)
 
 CODEC_FOR_KIND = {"audio": "audio/opus", "video": "video/vp8"}
 
@@ -54,6 +53,7 @@ class Section:
     ssrcs: list[int] = field(default_factory=list)
     fid: dict[int, int] = field(default_factory=dict)  # media ssrc -> rtx ssrc
     rids: list[str] = field(default_factory=list)  # send rids in simulcast order
+    feedback: set[str] = field(default_factory=set)  # rtcp-fb types offered for the main codec
 
     @property
     def publishes(self) -> bool:
@@ -117,14 +117,24 @@ def inspect_offer(text: str, max_video_slots: int, max_audio_slots: int) -> Offe
             extensions={x.uri: x.id for x in media.rtp.headerExtensions},
             ssrcs=[s.ssrc for s in media.ssrc],
         )
+        main = next((c for c in media.rtp.codecs if c.mimeType.lower() == wanted), None)
+        if main is not None:
+            section.feedback = {f.type + (" " + f.parameter if f.parameter else "") for f in main.rtcpFeedback}
         for group in media.ssrc_group:
             if group.semantic == "FID" and len(group.items) == 2:
                 section.fid[int(group.items[0])] = int(group.items[1])
+        simulcast: list[str] = []
         for line in raw[i] if i < len(raw) else []:
             if line.startswith("a=rid:"):
                 parts = line[6:].split()
                 if len(parts) >= 2 and parts[1] == "send":
                     section.rids.append(parts[0])
+            elif line.startswith("a=simulcast:send "):
+                simulcast = [r.lstrip("~") for alt in line[17:].split(";") for r in alt.split(",")[:1]]
+        if section.rids:
+            if len(section.rids) > 3:
+                raise OfferError(f"m-section {mid} offers {len(section.rids)} simulcast layers; at most 3 are supported")
+            section.rids = order_layers([r for r in (simulcast or section.rids) if r in section.rids])
         if section.publishes:
             if media.kind in info.publish:
                 raise OfferError(f"a site may publish at most one {media.kind} track (second one in m-section {mid})")
@@ -137,6 +147,27 @@ def inspect_offer(text: str, max_video_slots: int, max_audio_slots: int) -> Offe
     if len(info.slots["audio"]) > max_audio_slots:
         raise OfferError(f"the offer asks for {len(info.slots['audio'])} audio slots; this meeting allows {max_audio_slots}")
     return info
+
+
+def order_layers(rids: list[str]) -> list[str]:
+    """Lowest layer first. Browsers list rids in the order the page set its encodings; the
+    conventional names q/h/f (quarter, half, full) are ordered by name, others as listed."""
+    rank = {"q": 0, "l": 0, "low": 0, "h": 1, "m": 1, "mid": 1, "f": 2, "high": 2}
+    if all(r in rank for r in rids):
+        return sorted(rids, key=lambda r: rank[r])
+    return rids
+
+
+def add_simulcast_answer(sdp_text: str, mid: str, rids: list[str]) -> str:
+    """Answer a simulcast offer: without rid ... recv and simulcast:recv lines the browser
+    sends only its first encoding (aiortc writes neither)."""
+    extra = [f"a=rid:{r} recv" for r in rids] + [f"a=simulcast:recv {';'.join(rids)}"]
+    out: list[str] = []
+    for line in sdp_text.split("\r\n"):
+        out.append(line)
+        if line == f"a=mid:{mid}":
+            out.extend(extra)
+    return "\r\n".join(out)
 
 
 def add_fmtp(sdp_text: str, mid: str, payload_type: int, params: str) -> str:

@@ -25,9 +25,11 @@ from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSess
 from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpHeaderExtensionParameters
 
 from . import network, rtcp
+from .allocator import StreamAllocator
 from .consumer import Consumer
+from .estimator import BandwidthEstimator
 from .producer import Producer, RecvStream
-from .rtp import RtpInfo, ext_table, parse_rtp
+from .rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_TRANSPORT_CC, RtpInfo, ext_table, parse_rtp
 from .sdp import (
     CODEC_FOR_KIND,
     PUBLISH_EXTENSIONS,
@@ -36,9 +38,11 @@ from .sdp import (
     OfferInfo,
     Section,
     add_fmtp,
+    add_simulcast_answer,
     inspect_offer,
 )
 from .srtp import SrtpContext, SrtpError
+from .twcc import SendHistory, parse_feedback
 
 if TYPE_CHECKING:
     from .router import Router
@@ -92,6 +96,17 @@ class WebRtcTransport:
         self.on_state: Optional[Callable[[str], None]] = None
         self.rtt = 0.0
         self.remb = 0
+        # downlink congestion control toward this site
+        now = time.monotonic()
+        self.estimator = BandwidthEstimator(now)
+        self.allocator = StreamAllocator(self)
+        self.twcc_history = SendHistory()
+        self.twcc = False
+        self.twcc_feedbacks = 0
+        self._rate_mark = (now, 0)
+        self._send_bps = 0.0
+        self._probe_rr = 0
+        self._remb_parts: dict[tuple, tuple] = {}  # ssrcs -> (value, congested, time, octets, send bps)
         # counters for metrics and benchmarks
         self.packets_in = 0
         self.bytes_in = 0
@@ -126,6 +141,8 @@ class WebRtcTransport:
             text = network.announce(text, s.announce_ip)
         for kind, section in info.publish.items():
             t = by_mid[section.mid]
+            if kind == "video" and section.rids:
+                text = add_simulcast_answer(text, section.mid, section.rids)
             if kind == "video":
                 codec = next(c for c in t._codecs if c.mimeType.lower() == CODEC_FOR_KIND[kind])
                 text = add_fmtp(text, section.mid, codec.payloadType, f"x-google-start-bitrate={s.start_bitrate_kbps}")
@@ -149,7 +166,16 @@ class WebRtcTransport:
                 c for c in transceiver._codecs if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") == main.payloadType
             ][:1]
         transceiver._codecs = codecs
-        allowed = PUBLISH_EXTENSIONS[kind] if section.publishes else SLOT_EXTENSIONS[kind]
+        allowed = PUBLISH_EXTENSIONS[kind] if section.publishes else list(SLOT_EXTENSIONS[kind])
+        use_twcc = section.receives and "transport-cc" in section.feedback and URI_TRANSPORT_CC in section.extensions
+        if section.receives:
+            if use_twcc:
+                # transport-cc feedback replaces REMB: stamping abs-send-time too only costs bytes
+                allowed = [u for u in allowed if u != URI_ABS_SEND_TIME]
+                if codecs and not any(f.type == "transport-cc" for f in codecs[0].rtcpFeedback):
+                    codecs[0].rtcpFeedback.append(RTCRtcpFeedback(type="transport-cc"))
+            else:
+                allowed = [u for u in allowed if u != URI_TRANSPORT_CC]
         transceiver._headerExtensions = [
             RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri) for uri, ext_id in section.extensions.items() if uri in allowed
         ]
@@ -199,11 +225,15 @@ class WebRtcTransport:
                 main = t._codecs[0]
                 rtx = t._codecs[1] if len(t._codecs) > 1 else None
                 exts = {x.uri: x.id for x in t._headerExtensions}
+                tcc_id = exts.get(URI_TRANSPORT_CC, 0)
+                if tcc_id:
+                    self.twcc = True
                 consumer = Consumer(
                     self, kind, index, section.mid, t.sender._ssrc, main.payloadType, main.clockRate,
                     t.sender._rtx_ssrc if rtx else None, rtx.payloadType if rtx else None,
-                    abs_send_time_id=exts.get(SLOT_EXTENSIONS["video"][0], 0) if kind == "video" else 0,
-                    audio_level_id=exts.get(SLOT_EXTENSIONS["audio"][0], 0) if kind == "audio" else 0,
+                    abs_send_time_id=exts.get(URI_ABS_SEND_TIME, 0) if kind == "video" else 0,
+                    audio_level_id=exts.get(URI_AUDIO_LEVEL, 0) if kind == "audio" else 0,
+                    transport_cc_id=tcc_id,
                     nack=any(f.type == "nack" and not f.parameter for f in main.rtcpFeedback),
                 )
                 self.consumers[kind].append(consumer)
@@ -395,15 +425,73 @@ class WebRtcTransport:
                 c = consumers.get(block.ssrc)
                 if c is not None and c.ssrc == block.ssrc:
                     c.on_report(block, now)
+                    if c.is_video:
+                        self.estimator.on_receiver_loss(block.fraction_lost / 256.0, now)
         elif isinstance(item, rtcp.Remb):
-            self.remb = item.bitrate
+            self._on_remb(item, now)
+            self._allocate_soon(now)
+        elif isinstance(item, rtcp.TransportCcFeedback):
+            self._on_twcc(item.payload, now)
+
+    def _on_remb(self, item: rtcp.Remb, now: float) -> None:
+        """Chrome sends one REMB for all SSRCs, aiortc one per video receiver. Each REMB is
+        compared with what the SFU sent on the SSRCs it covers since the previous one: a
+        receive-side estimate near that rate means "not congested" (it can only follow the
+        incoming rate up), well below it means over-use. The link estimate adds up the
+        parts, plus what no REMB covers (audio, for aiortc)."""
+        key = tuple(sorted(item.ssrcs))
+        octets = sum(c.octets + c.packets * 40 for s in key if (c := self._consumer_by_ssrc.get(s)) is not None and c.ssrc == s)
+        prev = self._remb_parts.get(key)
+        send = 0.0
+        if prev is not None and now - prev[2] > 0.05:
+            send = (octets - prev[3]) * 8 / (now - prev[2])
+        elif prev is not None:
+            send = prev[4]
+        congested = send > 0 and item.bitrate < 0.9 * send
+        value = float(item.bitrate) if congested or send <= 0 else max(float(item.bitrate), send * 1.08)
+        self._remb_parts[key] = (value, congested, now, octets, send)
+        self._remb_parts = {k: v for k, v in self._remb_parts.items() if now - v[2] < 5.0}
+        self.remb = int(sum(v[0] for v in self._remb_parts.values()))
+        covered = sum(v[4] for v in self._remb_parts.values())
+        total = self.remb + max(0.0, self.send_rate(now) - covered)
+        self.estimator.on_remb(total, now, any(v[1] for v in self._remb_parts.values()))
+        self._allocate_soon(now)
+
+    def _on_twcc(self, payload: bytes, now: float) -> None:
+        try:
+            reports = parse_feedback(payload)
+        except ValueError:
+            self.dropped_in += 1
+            return
+        self.twcc_feedbacks += 1
+        history = self.twcc_history
+        packets = []
+        scored = []
+        for seq, arrival in reports:
+            sent = history.get(seq)
+            if sent is None:
+                continue
+            packets.append((sent[0], sent[1], arrival))
+            scored.append((seq, sent[0], sent[1], arrival))
+        if packets:
+            self.estimator.on_twcc(packets, now)
+            self.allocator.on_feedback(scored, now)
+            self._allocate_soon(now)
+
+    def _allocate_soon(self, now: float) -> None:
+        if now - self.allocator.last_run >= 0.1:
+            self.allocator.run(now)
 
     # ---------------------------------------------------------------- send path
 
-    def send_rtp(self, packet: bytearray) -> None:
+    def send_rtp(self, packet: bytearray, tcc_off: int = 0) -> None:
         sendto = self._sendto
         if sendto is None:
             return
+        if tcc_off:
+            seq = self.twcc_history.next(time.monotonic(), len(packet) + 10)
+            packet[tcc_off] = seq >> 8
+            packet[tcc_off + 1] = seq & 0xFF
         try:
             data = self._tx.protect(packet)
         except SrtpError:
@@ -412,6 +500,34 @@ class WebRtcTransport:
         sendto(data, self._addr)
         self.packets_out += 1
         self.bytes_out += len(data)
+
+    def send_rate(self, now: float) -> float:
+        """Bits per second sent over roughly the last half second."""
+        mark_time, mark_bytes = self._rate_mark
+        if now - mark_time >= 0.5:
+            self._send_bps = (self.bytes_out - mark_bytes) * 8 / (now - mark_time)
+            self._rate_mark = (now, self.bytes_out)
+        return self._send_bps
+
+    def send_probe_packet(self, now: float) -> tuple[Optional[int], int]:
+        """Send one probing packet: an RTX copy of recent video, else RTX padding."""
+        candidates = [c for c in self.consumers["video"] if c.rtx_ssrc is not None and c.tcc_off]
+        if not candidates or self._sendto is None:
+            return None, 0
+        self._probe_rr = (self._probe_rr + 1) % len(candidates)
+        c = candidates[self._probe_rr]
+        pkt = None
+        if c.sent_any and c.history is not None:
+            recent = c.history[c.last_seq & (len(c.history) - 1)]
+            if recent is not None and len(recent) > 300:
+                pkt = c.rtx_copy(recent)
+        if pkt is None:
+            pkt = c.padding_packet(255)
+        if pkt is None:
+            return None, 0
+        seq = self.twcc_history.seq
+        self.send_rtp(pkt, c.tcc_off)
+        return seq, len(pkt) + 10
 
     def send_rtcp(self, packet: bytes) -> None:
         sendto = self._sendto
@@ -427,7 +543,10 @@ class WebRtcTransport:
         try:
             while not self.closed:
                 await asyncio.sleep(RTCP_INTERVAL * (0.5 + random.random()))
-                self.send_reports(time.monotonic())
+                now = time.monotonic()
+                self.send_reports(now)
+                self.send_rate(now)
+                self.allocator.run(now)
         except asyncio.CancelledError:
             pass
 
@@ -487,13 +606,21 @@ class WebRtcTransport:
                     "index": c.index,
                     "participant_id": c.producer.participant_id if c.producer else None,
                     "layer": c.source.layer if c.source is not None else None,
+                    "target_layer": c.target.layer if c.target is not None else None,
+                    "layers": len(c.producer.streams) if c.producer else 0,
+                    "paused": c.paused,
+                    "reason": c.reason,
                     "loss": round(c.fraction_lost / 256, 4),
                 }
                 for c in consumers
             ]
         return {
             "rtt_ms": round(self.rtt * 1000, 1),
-            "estimated_bps": self.remb,
+            "estimated_bps": round(self.estimator.estimate),
+            "estimator": self.estimator.mode,
+            "send_bps": round(self._send_bps),
+            "desired_bps": round(self.allocator.desired_bps),
+            "layer_switches": self.allocator.switches,
             "packets_in": self.packets_in,
             "packets_out": self.packets_out,
             "bytes_in": self.bytes_in,

@@ -61,3 +61,46 @@ def write_picture_id(buf: bytearray, off: int, wide: bool, pid: int) -> None:
         buf[off + 1] = pid & 0xFF
     else:
         buf[off] = pid & 0x7F
+
+
+def descriptor_length(data: bytes | bytearray, i: int, end: int) -> int:
+    """Length of the payload descriptor at data[i:end] (RFC 7741 4.2), -1 if truncated.
+
+    What follows it is VP8 bitstream: a depacketizer (the recorder) strips exactly this many
+    bytes from every packet of a frame and concatenates the rest.
+    """
+    if i >= end:
+        return -1
+    n = 1
+    b0 = data[i]
+    if b0 & 0x80:
+        if i + 1 >= end:
+            return -1
+        b1 = data[i + 1]
+        n = 2
+        if b1 & 0x80:  # I: PictureID, 7 or 15 bits
+            if i + n >= end:
+                return -1
+            n += 2 if data[i + n] & 0x80 else 1
+        if b1 & 0x40:  # L: TL0PICIDX
+            n += 1
+        if b1 & 0x30:  # T or K: TID/Y/KEYIDX byte
+            n += 1
+    return n if i + n <= end else -1
+
+
+def keyframe_size(data: bytes | bytearray, i: int, end: int) -> tuple[int, int] | None:
+    """(width, height) from the start of a VP8 keyframe (RFC 6386 9.1), else None.
+
+    The frame starts with a 3-byte frame tag (bit 0 clear on a keyframe), then the start
+    code 9d 01 2a, then 16-bit little-endian width and height whose top 2 bits are scaling.
+    """
+    if end - i < 10 or data[i] & 0x01:
+        return None
+    if data[i + 3] != 0x9D or data[i + 4] != 0x01 or data[i + 5] != 0x2A:
+        return None
+    width = (data[i + 6] | (data[i + 7] << 8)) & 0x3FFF
+    height = (data[i + 8] | (data[i + 9] << 8)) & 0x3FFF
+    if not width or not height:
+        return None
+    return width, height

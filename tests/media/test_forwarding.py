@@ -79,7 +79,8 @@ async def test_one_publisher_three_subscribers_full_rate_no_loss(hoinghi_server)
 
 async def test_two_percent_loss_both_ways_is_recovered(hoinghi_server):
     up = LinkImpairment(upstream_loss=0.02, seed=1)
-    pub = await _start(hoinghi_server, "hub", "hub", impairment=up)
+    # 640x480 gives several packets per frame, so 2 % of them is a handful of losses per second
+    pub = await _start(hoinghi_server, "hub", "hub", impairment=up, video_size=(640, 480))
     downs = [LinkImpairment(downstream_loss=0.02, seed=10 + i) for i in range(2)]
     subs = [await _start(hoinghi_server, f"s{i}", publish=False, impairment=downs[i]) for i in range(2)]
     try:

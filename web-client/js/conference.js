@@ -13,6 +13,13 @@ export const PROTOCOL_VERSION = 1;
 
 export const STATES = ["connecting", "joined", "connected", "reconnecting", "error", "left"];
 
+/** Simulcast layers, lowest first; rids q/h/f as Chrome and the server expect. */
+export const SIMULCAST_ENCODINGS = [
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+];
+
 const PING_INTERVAL_MS = 10_000;
 const FIRST_PING_MS = 3_000;
 const PONG_TIMEOUT_MS = 25_000; // two pings unanswered: the link is dead even if TCP says otherwise
@@ -471,7 +478,9 @@ export class Conference extends EventTarget {
     const cam = stream?.getVideoTracks()[0];
     // Order matters (protocol): send audio, send video, recv video slots, recv audio slots.
     if (mic) pc.addTransceiver(mic, { direction: "sendonly", streams: [stream] });
-    if (cam) pc.addTransceiver(cam, { direction: "sendonly", streams: [stream] });
+    // Three simulcast layers (q = 1/4, h = 1/2, f = full size): the server forwards to each
+    // site the layer its link can carry; it never re-encodes.
+    if (cam) pc.addTransceiver(cam, { direction: "sendonly", streams: [stream], sendEncodings: SIMULCAST_ENCODINGS });
     const recv = { video: [], audio: [] };
     for (let i = 0; i < this.slotCounts.video; i++) recv.video.push(pc.addTransceiver("video", { direction: "recvonly" }));
     for (let i = 0; i < this.slotCounts.audio; i++) recv.audio.push(pc.addTransceiver("audio", { direction: "recvonly" }));

@@ -1,0 +1,231 @@
+"""Per-subscriber stream allocation: which simulcast layer each video slot gets.
+
+Given the downlink estimate of one site, the allocator walks that site's video slots in
+priority order (slot 0 holds the floor, or the hub, then the rest in the Router's order):
+audio is reserved first and never starved; every slot gets the lowest layer if it fits,
+else it is paused (its page says so); then the stage (slot 0) climbs to the top layer and
+thumbnails stay at the lowest. Downgrades apply at once; upgrades need the estimate to
+clear the next allocation by a margin for a hold time, so a steady link does not flap.
+
+When what the site should get exceeds the estimate and the link is calm, the prober sends
+a short cluster of retransmitted (or padding) packets at a higher rate; if the transport-cc
+feedback shows it all arrived at that rate, the estimate jumps there (see estimator.py).
+That is what brings a site back from the lowest layer or from audio-only within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Optional
+
+from .estimator import ProbeResult
+
+if TYPE_CHECKING:
+    from .consumer import Consumer
+    from .producer import RecvStream
+    from .transport import WebRtcTransport
+
+NOMINAL_BPS = (150_000, 500_000, 1_500_000)  # per layer, until measured
+AUDIO_RESERVE_BPS = 48_000  # per audio slot in use
+UPGRADE_MARGIN = 1.15
+UPGRADE_HOLD_S = 1.5
+PROBE_INTERVAL_S = 2.0
+PROBE_DURATION_S = 0.3
+PROBE_TICK_S = 0.015
+THUMBNAIL_MAX_LAYER = 0
+
+
+def layer_rate(stream: "RecvStream", layer: int) -> float:
+    nominal = NOMINAL_BPS[min(layer, len(NOMINAL_BPS) - 1)]
+    if stream.ssrc is not None and stream.bitrate_peak > 0:
+        return max(stream.bitrate_peak * 1.1, nominal * 0.25)
+    return nominal
+
+
+class StreamAllocator:
+    def __init__(self, transport: "WebRtcTransport") -> None:
+        self.transport = transport
+        self.upgrade_since = 0.0
+        self.switches = 0
+        self.last_run = 0.0
+        self.desired_bps = 0.0
+        self.allocated_bps = 0.0
+        self.deficient = False
+        # probing
+        self.last_probe = 0.0
+        self.probe_wait = PROBE_INTERVAL_S
+        self.probe: Optional[dict] = None
+        self.probes = 0
+        self.probe_successes = 0
+
+    # ---------------------------------------------------------------- allocation
+
+    def _plan(self, budget: float, consumers: list["Consumer"]) -> dict["Consumer", int]:
+        plan: dict["Consumer", int] = {}
+        for c in consumers:
+            p = c.producer
+            if p is None:
+                continue
+            r = layer_rate(p.streams[0], 0)
+            if budget >= r:
+                plan[c] = 0
+                budget -= r
+            else:
+                plan[c] = -1
+        for c in consumers:  # slot order = priority: the stage climbs first
+            p = c.producer
+            if p is None or plan.get(c, -1) < 0:
+                continue
+            top = len(p.streams) - 1 if c.index == 0 else min(THUMBNAIL_MAX_LAYER, len(p.streams) - 1)
+            layer = plan[c]
+            while layer < top:
+                extra = layer_rate(p.streams[layer + 1], layer + 1) - layer_rate(p.streams[layer], layer)
+                if extra > budget:
+                    break
+                budget -= extra
+                layer += 1
+            plan[c] = layer
+        return plan
+
+    def _cost(self, plan: dict["Consumer", int]) -> float:
+        total = 0.0
+        for c, layer in plan.items():
+            p = c.producer
+            if p is not None and layer >= 0:
+                total += layer_rate(p.streams[layer], layer)
+        return total
+
+    def run(self, now: Optional[float] = None) -> None:
+        t = self.transport
+        now = time.monotonic() if now is None else now
+        self.last_run = now
+        consumers = [c for c in t.consumers["video"] if c.producer is not None]
+        audio = sum(1 for c in t.consumers["audio"] if c.producer is not None)
+        estimate = t.estimator.estimate
+        budget = max(0.0, estimate - audio * AUDIO_RESERVE_BPS)
+        down = self._plan(budget, consumers)
+        up = self._plan(budget / UPGRADE_MARGIN, consumers)
+        ideal = self._plan(float("inf"), consumers)
+        self.desired_bps = self._cost(ideal) + audio * AUDIO_RESERVE_BPS
+        self.deficient = any(down.get(c, -1) < ideal.get(c, -1) for c in consumers)
+        upgrade = False
+        for c in consumers:
+            current = c.layer if not c.paused else -1
+            if c.fresh or down[c] < current:
+                self._apply(c, down[c], "congestion" if down[c] < ideal[c] else "ok")
+                c.fresh = False
+            elif up[c] > current:
+                upgrade = True
+        if upgrade:
+            if not self.upgrade_since:
+                self.upgrade_since = now
+            elif now - self.upgrade_since >= UPGRADE_HOLD_S and t.estimator.stable(now, 1.0):
+                for c in consumers:
+                    current = c.layer if not c.paused else -1
+                    if up[c] > current:
+                        self._apply(c, up[c], "ok" if up[c] >= ideal[c] else "congestion")
+                self.upgrade_since = 0.0
+        else:
+            self.upgrade_since = 0.0
+        self.allocated_bps = self._cost({c: (c.layer if not c.paused else -1) for c in consumers})
+        self._maybe_probe(now)
+
+    def _apply(self, c: "Consumer", layer: int, reason: str) -> None:
+        p = c.producer
+        if p is None:
+            return
+        c.reason = reason
+        if layer < 0:
+            if not c.paused:
+                c.pause()
+                self.switches += 1
+            return
+        stream = p.streams[min(layer, len(p.streams) - 1)]
+        if c.paused or c.layer != layer:
+            self.switches += 1
+        c.select(stream)
+
+    # ---------------------------------------------------------------- probing
+
+    def _maybe_probe(self, now: float) -> None:
+        t = self.transport
+        est = t.estimator
+        if self.probe is not None or est.mode != "twcc" or not self.deficient:
+            return
+        if now - self.last_probe < self.probe_wait or not est.stable(now, 1.0):
+            return
+        target = min(self.desired_bps * 1.2, max(est.estimate * 2.5, est.estimate + 300_000))
+        if target <= est.estimate * 1.05:
+            return
+        self.last_probe = now
+        self.probes += 1
+        self.probe = {"target": target, "start": now, "first": None, "last": None, "sent": 0, "ticks": 0}
+        asyncio.get_running_loop().call_soon(self._probe_tick)
+
+    def _probe_tick(self) -> None:
+        pr = self.probe
+        t = self.transport
+        if pr is None or t.closed:
+            return
+        now = time.monotonic()
+        elapsed = now - pr["start"]
+        # bytes that should have gone out by now at the target rate, minus media already sent
+        media_bps = t.send_rate(now)
+        want = max(0.0, (pr["target"] - media_bps) * min(elapsed + PROBE_TICK_S, PROBE_DURATION_S) / 8) - pr["sent"]
+        while want > 0:
+            seq, size = t.send_probe_packet(now)
+            if seq is None:
+                break
+            if pr["first"] is None:
+                pr["first"] = seq
+            pr["last"] = seq
+            pr["sent"] += size
+            want -= size
+        pr["ticks"] += 1
+        if elapsed + PROBE_TICK_S < PROBE_DURATION_S:
+            asyncio.get_running_loop().call_later(PROBE_TICK_S, self._probe_tick)
+        else:
+            pr["end_seq"] = t.twcc_history.seq
+            pr["done"] = now
+
+    def on_feedback(self, results: list[tuple[int, float, int, Optional[float]]], now: float) -> None:
+        """results: (seq, send time, size, arrival or None). Scores a finished probe."""
+        pr = self.probe
+        if pr is None:
+            return
+        if "done" not in pr:
+            if now - pr["start"] > 3.0:
+                self.probe = None
+            return
+        if pr["first"] is None:
+            self.probe = None
+            return
+        cluster = pr.setdefault("results", {})
+        first, end = pr["first"], pr["end_seq"]
+        for seq, send, size, arrival in results:
+            if ((seq - first) & 0xFFFF) < ((end - first) & 0xFFFF):
+                cluster[seq] = (send, size, arrival)
+        expected = (end - first) & 0xFFFF
+        if len(cluster) < expected and now - pr["done"] < 1.0:
+            return
+        self.probe = None
+        got = [(s, z, a) for s, z, a in cluster.values() if a is not None]
+        if len(got) < max(5, 0.8 * expected):
+            self.probe_wait = min(30.0, self.probe_wait * 1.5)
+            return
+        got.sort()
+        send_span = got[-1][0] - got[0][0]
+        arrivals = sorted(a for _, _, a in got)
+        recv_span = arrivals[-1] - arrivals[0]
+        if send_span <= 0.05 or recv_span <= 0.05:
+            return
+        send_rate = sum(z for _, z, _ in got[:-1]) * 8 / send_span
+        recv_rate = sum(z for _, z, _ in got[1:]) * 8 / recv_span
+        rate = min(send_rate, recv_rate) if recv_rate >= 0.9 * send_rate else 0.95 * recv_rate
+        self.transport.estimator.on_probe(ProbeResult(rate, expected, len(got)), now)
+        if rate >= 0.9 * pr["target"]:
+            self.probe_successes += 1
+            self.probe_wait = PROBE_INTERVAL_S
+        else:
+            self.probe_wait = min(30.0, self.probe_wait * 1.5)

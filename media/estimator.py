@@ -1,0 +1,135 @@
+"""Bandwidth estimation toward one subscriber (the SFU -> site downlink).
+
+Two signals, the better one when the site offers it:
+- transport-cc (browsers): per-packet send and arrival times. The delay-based part is GCC:
+  aiortc's RemoteBitrateEstimator (inter-arrival grouping, Kalman filter on the delay
+  gradient, adaptive over-use threshold, AIMD rate control) fed with our send times and
+  the receiver's arrival times, i.e. run send-side. Loss comes from the same feedback, so
+  it counts only packets the SFU sent (a publisher's own uplink loss does not lower every
+  subscriber's estimate).
+- REMB + receiver reports (clients without transport-cc): the receiver's own estimate,
+  capped by a loss-based estimate from RR fraction lost.
+
+Probing (see `ProbeResult`) is how an estimate climbs faster than GCC's 8 %/s: the
+allocator sends padding/RTX at a target rate, and if the feedback shows it all arrived at
+that rate, the estimate jumps there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from aiortc.rate import BandwidthUsage, RemoteBitrateEstimator
+
+START_BPS = 1_000_000
+MIN_BPS = 60_000
+MAX_BPS = 30_000_000
+LOSS_LOW = 0.02
+LOSS_HIGH = 0.10
+
+
+@dataclass
+class ProbeResult:
+    bitrate: float
+    sent: int
+    received: int
+
+
+class BandwidthEstimator:
+    def __init__(self, now: float, start_bps: int = START_BPS) -> None:
+        self._gcc = RemoteBitrateEstimator()
+        self._gcc.rate_control.set_estimate(start_bps, int(now * 1000))
+        self.delay_bps = float(start_bps)
+        self.loss_bps = float(start_bps)
+        self.remb_bps: Optional[float] = None
+        self.mode = "none"  # "twcc" or "remb" once feedback arrives
+        self.loss = 0.0  # smoothed loss fraction of what was sent
+        self._loss_time = now
+        self._last_loss_decrease = 0.0
+        self.last_decrease = 0.0
+        self.overusing = False
+        self.acked_bps = 0.0
+        self._acked: list[tuple[float, int]] = []  # (arrival, size) over the last second
+
+    # ---------------------------------------------------------------- inputs
+
+    def on_twcc(self, packets: list[tuple[float, int, Optional[float]]], now: float) -> None:
+        """packets: (send time s, size bytes, arrival time s on receiver clock or None)."""
+        self.mode = "twcc"
+        lost = 0
+        got = 0
+        before = self.delay_bps
+        for send, size, arrival in packets:
+            if arrival is None:
+                lost += 1
+                continue
+            got += 1
+            self._acked.append((arrival, size))
+            result = self._gcc.add(int(arrival * 1000), int(send * 262144) & 0xFFFFFF, size, 0)
+            if result is not None:
+                self.delay_bps = float(result[0])
+        self.overusing = self._gcc.detector.state() == BandwidthUsage.OVERUSING
+        if self.delay_bps < before * 0.97:
+            self.last_decrease = now
+        if self._acked:
+            newest = self._acked[-1][0]
+            self._acked = [a for a in self._acked if newest - a[0] <= 1.0]
+            span = newest - self._acked[0][0]
+            if span > 0.2:
+                self.acked_bps = sum(s for _, s in self._acked) * 8 / span
+        if got + lost:
+            self._update_loss(lost / (got + lost), got + lost, now)
+
+    def on_remb(self, bitrate: float, now: float, congested: bool) -> None:
+        """A receive-side estimate follows what it receives (x1.08/s, at most 1.5x the
+        incoming rate) and drops to 0.85x on over-use; the transport has already turned the
+        REMBs into a link figure and says whether any of them showed over-use."""
+        if self.mode == "twcc":
+            return
+        self.mode = "remb"
+        if congested:
+            self.last_decrease = now
+        self.remb_bps = float(bitrate)
+
+    def on_receiver_loss(self, fraction: float, now: float) -> None:
+        """Loss from an RR block (only used without transport-cc: RR loss includes the
+        publisher's uplink gaps, which are not this link's fault)."""
+        if self.mode != "twcc":
+            self._update_loss(fraction, 50, now)
+
+    def on_probe(self, result: ProbeResult, now: float) -> None:
+        if result.bitrate > self.estimate and not self.overusing and self.loss < LOSS_LOW:
+            self._gcc.rate_control.set_estimate(int(result.bitrate), int(now * 1000))
+            self.delay_bps = result.bitrate
+            self.loss_bps = max(self.loss_bps, result.bitrate)
+            if self.remb_bps is not None:
+                self.remb_bps = max(self.remb_bps, result.bitrate)
+
+    # ---------------------------------------------------------------- loss-based control
+
+    def _update_loss(self, fraction: float, packets: int, now: float) -> None:
+        weight = min(1.0, packets / 100)
+        self.loss += (fraction - self.loss) * (0.3 * weight + 0.05)
+        dt = min(1.0, max(0.0, now - self._loss_time))
+        self._loss_time = now
+        if self.loss < LOSS_LOW:
+            # follow the delay estimate upward at GCC's pace; never run far ahead of it
+            self.loss_bps = min(self.loss_bps * math.pow(1.08, dt) + 1000 * dt, max(self.delay_bps, self.loss_bps))
+        elif self.loss > LOSS_HIGH and now - self._last_loss_decrease > 0.3:
+            self.loss_bps = max(MIN_BPS, self.loss_bps * (1 - 0.5 * self.loss))
+            self._last_loss_decrease = now
+            self.last_decrease = now
+
+    # ---------------------------------------------------------------- output
+
+    @property
+    def estimate(self) -> float:
+        e = min(self.delay_bps, self.loss_bps)
+        if self.mode == "remb" and self.remb_bps is not None:
+            e = min(self.remb_bps, self.loss_bps)
+        return max(MIN_BPS, min(MAX_BPS, e))
+
+    def stable(self, now: float, for_s: float = 1.5) -> bool:
+        return not self.overusing and self.loss < LOSS_LOW and now - self.last_decrease > for_s

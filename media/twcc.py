@@ -1,0 +1,139 @@
+"""Transport-wide congestion control feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01).
+
+The SFU stamps every packet it sends on a transport with a 16-bit transport-wide sequence
+number and remembers when it sent it and how big it was (`SendHistory`). The browser answers
+with RTPFB FMT=15 packets saying which of those arrived and when (`parse_feedback`). aiortc
+understands none of it. Together they give the per-packet (send time, arrival time, size)
+triples that a delay-based estimator needs, and the loss of exactly what the SFU sent
+(not of what the publisher lost upstream).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Optional
+
+_SIZE = 1 << 14  # remembered packets per transport (~2 s at 8k packets/s)
+_MASK = _SIZE - 1
+
+
+class SendHistory:
+    """seq -> (send time in seconds, wire size in bytes, probe flag), in flat arrays."""
+
+    __slots__ = ("seq", "times", "sizes", "seqs", "probe")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.times = [0.0] * _SIZE
+        self.sizes = [0] * _SIZE
+        self.seqs = [-1] * _SIZE
+        self.probe = [False] * _SIZE
+
+    def next(self, now: float, size: int, probe: bool = False) -> int:
+        seq = self.seq
+        i = seq & _MASK
+        self.times[i] = now
+        self.sizes[i] = size
+        self.seqs[i] = seq
+        self.probe[i] = probe
+        self.seq = (seq + 1) & 0xFFFF
+        return seq
+
+    def get(self, seq: int) -> Optional[tuple[float, int, bool]]:
+        i = seq & _MASK
+        if self.seqs[i] != seq:
+            return None
+        return self.times[i], self.sizes[i], self.probe[i]
+
+
+def parse_feedback(payload: bytes) -> list[tuple[int, Optional[float]]]:
+    """Decode an FCI (everything after the 12-byte RTPFB header).
+
+    Returns (transport seq, arrival time in seconds on the receiver's clock or None when
+    reported lost), in sequence order. Raises ValueError on a malformed packet.
+    """
+    if len(payload) < 8:
+        raise ValueError("transport-cc feedback too short")
+    base, count, ref_hi, ref_lo, _fb_count = struct.unpack_from("!HHBHB", payload, 0)
+    reference = (ref_hi << 16) | ref_lo
+    if reference & 0x800000:
+        reference -= 1 << 24
+    pos = 8
+    symbols: list[int] = []
+    n = len(payload)
+    while len(symbols) < count:
+        if pos + 2 > n:
+            raise ValueError("transport-cc status chunks truncated")
+        chunk = (payload[pos] << 8) | payload[pos + 1]
+        pos += 2
+        if chunk & 0x8000 == 0:  # run length chunk
+            symbol = (chunk >> 13) & 0x3
+            run = chunk & 0x1FFF
+            symbols.extend([symbol] * min(run, count - len(symbols)))
+        elif chunk & 0x4000 == 0:  # status vector, 14 one-bit symbols
+            for bit in range(13, -1, -1):
+                if len(symbols) >= count:
+                    break
+                symbols.append((chunk >> bit) & 0x1)
+        else:  # status vector, 7 two-bit symbols
+            for shift in range(12, -1, -2):
+                if len(symbols) >= count:
+                    break
+                symbols.append((chunk >> shift) & 0x3)
+    t = reference * 0.064
+    out: list[tuple[int, Optional[float]]] = []
+    for k, symbol in enumerate(symbols):
+        seq = (base + k) & 0xFFFF
+        if symbol == 1:
+            if pos + 1 > n:
+                raise ValueError("transport-cc deltas truncated")
+            t += payload[pos] * 0.00025
+            pos += 1
+            out.append((seq, t))
+        elif symbol == 2:
+            if pos + 2 > n:
+                raise ValueError("transport-cc deltas truncated")
+            (delta,) = struct.unpack_from("!h", payload, pos)
+            t += delta * 0.00025
+            pos += 2
+            out.append((seq, t))
+        else:
+            out.append((seq, None))
+    return out
+
+
+def build_feedback(sender_ssrc: int, media_ssrc: int, base: int, arrivals: list[Optional[float]], fb_count: int) -> bytes:
+    """Build one feedback packet (used by synthetic receivers and tests).
+
+    `arrivals[k]` is the arrival time (s) of seq base+k, or None if not received.
+    """
+    first = next((a for a in arrivals if a is not None), 0.0)
+    reference = int(first / 0.064) & 0xFFFFFF
+    t = (reference if reference < 0x800000 else reference - (1 << 24)) * 0.064
+    symbols = []
+    deltas = bytearray()
+    for a in arrivals:
+        if a is None:
+            symbols.append(0)
+            continue
+        d = int(round((a - t) / 0.00025))
+        if 0 <= d <= 255:
+            symbols.append(1)
+            deltas.append(d)
+        else:
+            d = max(-32768, min(32767, d))
+            symbols.append(2)
+            deltas += struct.pack("!h", d)
+        t += d * 0.00025
+    chunks = bytearray()
+    for i in range(0, len(symbols), 7):
+        part = symbols[i : i + 7]
+        word = 0xC000
+        for j, s in enumerate(part):
+            word |= s << (12 - 2 * j)
+        chunks += struct.pack("!H", word)
+    fci = struct.pack("!HHBHB", base, len(arrivals), reference >> 16, reference & 0xFFFF, fb_count & 0xFF) + chunks + deltas
+    while len(fci) % 4:
+        fci += b"\x00"
+    length = (8 + len(fci)) // 4
+    return struct.pack("!BBHII", 0x80 | 15, 205, length, sender_ssrc, media_ssrc) + fci
