@@ -26,6 +26,7 @@ from av import AudioFrame, VideoFrame
 from media import network
 
 from .shaper import LinkImpairment
+from .twcc_feedback import TransportCcResponder, offer_transport_cc
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +93,49 @@ class ReceivedTrack:
     first: float = 0.0
     last: float = 0.0
     sizes: set = field(default_factory=set)
+    size: tuple = (0, 0)
 
     def rate(self) -> float:
         if self.frames < 2 or self.last <= self.first:
             return 0.0
         return (self.frames - 1) / (self.last - self.first)
+
+
+class SeqTracker:
+    """Which media sequence numbers of one receive slot reached the jitter buffer, original
+    or recovered by RTX: the loss a viewer's decoder actually suffers."""
+
+    def __init__(self) -> None:
+        self.received: set[int] = set()
+        self.highest: Optional[int] = None
+
+    def add(self, seq16: int) -> None:
+        if self.highest is None:
+            u = seq16
+        else:
+            d = (seq16 - (self.highest & 0xFFFF)) & 0xFFFF
+            u = self.highest + d if d < 0x8000 else self.highest - (0x10000 - d)
+        self.received.add(u)
+        if self.highest is None or u > self.highest:
+            self.highest = u
+
+    def count(self, grace: int = 40) -> tuple[int, int]:
+        """(expected, received) up to `grace` packets before the newest (still recoverable)."""
+        if self.highest is None:
+            return 0, 0
+        top = self.highest - grace
+        got = [u for u in self.received if u <= top]
+        if not got:
+            return 0, 0
+        return top - min(got) + 1, len(got)
+
+
+@dataclass
+class InboundStats:
+    ssrc: int
+    packetsReceived: int
+    packetsLost: int
+    jitter: int
 
 
 class SyntheticSite:
@@ -112,6 +151,7 @@ class SyntheticSite:
         decode: bool = True,
         impairment: Optional[LinkImpairment] = None,
         bind: tuple[str, ...] = ("127.0.0.1",),
+        transport_cc: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
@@ -122,6 +162,8 @@ class SyntheticSite:
         self.decode = decode
         self.impairment = impairment
         self.bind = bind
+        self.transport_cc = transport_cc
+        self.twcc: Optional[TransportCcResponder] = None
         self.http: Optional[aiohttp.ClientSession] = None
         self.ws: Optional[aiohttp.ClientWebSocketResponse] = None
         self.pc: Optional[RTCPeerConnection] = None
@@ -129,6 +171,7 @@ class SyntheticSite:
         self.slots: dict = {"video": [], "audio": []}
         self.participants: dict[str, dict] = {}
         self.received: dict[str, ReceivedTrack] = {}
+        self.seqs: dict[str, SeqTracker] = {}
         self.messages: list[dict] = []
         self.errors: list[dict] = []
         self.video_track: Optional[PatternVideoTrack] = None
@@ -221,15 +264,68 @@ class SyntheticSite:
 
         with network.bind_addresses(list(self.bind)):
             await pc.setLocalDescription(await pc.createOffer())
+        offer = pc.localDescription.sdp
+        if self.transport_cc:
+            # behave like a browser receiver: transport-cc feedback instead of REMB
+            offer = offer_transport_cc(offer)
+            self.twcc = TransportCcResponder(pc)
+            self.twcc.attach()
         if self.impairment is not None:
-            self.impairment.attach(pc)
+            self.impairment.attach(pc)  # outermost: feedback sees what survived the link
         fut = self.wait_for("answer", timeout=20.0)
-        await self.send({"type": "offer", "sdp": pc.localDescription.sdp})
+        await self.send({"type": "offer", "sdp": offer})
         answer = await fut
         if answer.get("type") == "error":
             raise RuntimeError(f"offer refused: {answer}")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         self._consumers.append(asyncio.ensure_future(self._route_rtx()))
+        self._consumers.append(asyncio.ensure_future(self._nack_retry()))
+        for t in pc.getTransceivers():
+            if t.currentDirection == "recvonly":
+                self._track_seqs(t)
+
+    def _track_seqs(self, transceiver) -> None:
+        r = transceiver.receiver
+        tracker = self.seqs[transceiver.mid] = SeqTracker()
+        original = r._handle_rtp_packet
+
+        async def handle(packet, arrival_time_ms):
+            rtx = r._RTCRtpReceiver__rtx_ssrc
+            if packet.ssrc in rtx:
+                if len(packet.payload) >= 2:
+                    tracker.add((packet.payload[0] << 8) | packet.payload[1])
+            else:
+                tracker.add(packet.sequence_number)
+            await original(packet, arrival_time_ms)
+
+        r._handle_rtp_packet = handle
+
+    def media_loss(self, mid: str) -> tuple[int, int]:
+        """(expected, received) media packets of a slot, after retransmissions."""
+        tracker = self.seqs.get(mid)
+        return tracker.count() if tracker else (0, 0)
+
+    async def _nack_retry(self) -> None:
+        """Repeat NACKs for packets still missing, as browsers do every RTT.
+
+        aiortc NACKs a gap once, when it first sees it; if that retransmission is lost too,
+        its jitter buffer waits for 128 packets before giving up, a multi-second freeze no
+        browser would show. Asking again every 100 ms keeps this synthetic site honest.
+        """
+        assert self.pc is not None
+        try:
+            while True:
+                await asyncio.sleep(0.1)
+                for t in self.pc.getTransceivers():
+                    r = t.receiver
+                    gen = getattr(r, "_RTCRtpReceiver__nack_generator", None)
+                    if gen is None or not gen.missing or t.kind != "video":
+                        continue
+                    media = set(r._RTCRtpReceiver__rtx_ssrc.values())
+                    for ssrc in media:
+                        await r._send_rtcp_nack(ssrc, sorted(gen.missing))
+        except (asyncio.CancelledError, ConnectionError):
+            pass
 
     async def _route_rtx(self) -> None:
         """Work around aiortc's client-side BUNDLE routing of RTX.
@@ -261,6 +357,7 @@ class SyntheticSite:
                 rec.last = now
                 if rec.kind == "video":
                     rec.sizes.add((frame.width, frame.height))
+                    rec.size = (frame.width, frame.height)
         except (MediaStreamError, asyncio.CancelledError):
             pass
 
@@ -275,17 +372,25 @@ class SyntheticSite:
         return self.received.get(s["mid"]) if s else None
 
     async def inbound_stats(self) -> dict[str, Any]:
-        """Per-mid inbound RTP stats as aiortc reports them (packetsReceived, packetsLost)."""
+        """Per-mid receive statistics of the media SSRC (packetsReceived, packetsLost, jitter).
+
+        Read from the receiver's per-SSRC counters: aiortc's getStats() gives every SSRC of a
+        receiver the same stats id, so with RTX in use the RTX stream hides the media one.
+        """
         assert self.pc is not None
         out: dict[str, Any] = {}
         for t in self.pc.getTransceivers():
-            report = await t.receiver.getStats()
-            for s in report.values():
-                if s.type == "inbound-rtp":
-                    out[t.mid] = s
+            r = t.receiver
+            streams = getattr(r, "_RTCRtpReceiver__remote_streams", {})
+            rtx = getattr(r, "_RTCRtpReceiver__rtx_ssrc", {})
+            for ssrc, st in streams.items():
+                if ssrc not in rtx:
+                    out[t.mid] = InboundStats(ssrc, st.packets_received, st.packets_lost, st.jitter)
         return out
 
     async def close(self) -> None:
+        if self.twcc is not None:
+            self.twcc.close()
         for task in self._consumers:
             task.cancel()
         if self.ws is not None and not self.ws.closed:

@@ -1,4 +1,4 @@
-"""In-process link impairment for synthetic sites: loss on a peer connection's RTP.
+"""In-process link impairment for synthetic sites: loss and a rate cap on a peer connection.
 
 This kernel has no netem, so loss cannot be added with tc; and synthetic sites in a load
 test should not need root anyway. The impairment is applied on the *client* side of the
@@ -11,16 +11,32 @@ that still carries the occasional handshake retry.
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from typing import Optional
 
 from aiortc import RTCPeerConnection
 
 
 class LinkImpairment:
-    def __init__(self, upstream_loss: float = 0.0, downstream_loss: float = 0.0, seed: Optional[int] = None) -> None:
+    """Random loss both ways, and a downlink capped like `tc tbf`: a token bucket drained at
+    `downstream_bps`, packets queued up to `queue_ms` of data, later ones dropped."""
+
+    def __init__(
+        self,
+        upstream_loss: float = 0.0,
+        downstream_loss: float = 0.0,
+        seed: Optional[int] = None,
+        downstream_bps: Optional[float] = None,
+        queue_ms: float = 100.0,
+    ) -> None:
         self.upstream_loss = upstream_loss
         self.downstream_loss = downstream_loss
+        self.downstream_bps = downstream_bps
+        self.queue_ms = queue_ms
+        self._free_at = 0.0  # when the shaped link has sent everything queued so far
+        self.dropped_queue = 0
         self._rng = random.Random(seed)
         self.dropped_up = 0
         self.dropped_down = 0
@@ -49,10 +65,23 @@ class LinkImpairment:
                 self.passed_up += 1
             await original_send(data)
 
+        loop = asyncio.get_running_loop()
+
         def data_received(data: bytes, component: int) -> None:
-            if self.downstream_loss and self._is_rtp(data):
-                if self._rng.random() < self.downstream_loss:
+            if self._is_rtp(data):
+                if self.downstream_loss and self._rng.random() < self.downstream_loss:
                     self.dropped_down += 1
+                    return
+                rate = self.downstream_bps
+                if rate:
+                    now = time.monotonic()
+                    start = max(now, self._free_at)
+                    if start - now > self.queue_ms / 1000.0:
+                        self.dropped_queue += 1
+                        return
+                    self._free_at = start + (len(data) + 28) * 8 / rate
+                    self.passed_down += 1
+                    loop.call_at(loop.time() + (self._free_at - now), original_received, data, component)
                     return
                 self.passed_down += 1
             original_received(data, component)

@@ -27,11 +27,12 @@ if TYPE_CHECKING:
     from .transport import WebRtcTransport
 
 NOMINAL_BPS = (150_000, 500_000, 1_500_000)  # per layer, until measured
-AUDIO_RESERVE_BPS = 48_000  # per audio slot in use
+AUDIO_MIN_BPS = 32_000  # per audio slot in use, until measured
 UPGRADE_MARGIN = 1.15
 UPGRADE_HOLD_S = 1.5
 PROBE_INTERVAL_S = 2.0
-PROBE_DURATION_S = 0.3
+PROBE_MAX_INTERVAL_S = 4.0  # a lifted cap is found within this (the 10 s climb-back target)
+PROBE_DURATION_S = 0.25
 PROBE_TICK_S = 0.015
 THUMBNAIL_MAX_LAYER = 0
 
@@ -58,16 +59,22 @@ class StreamAllocator:
         self.probe: Optional[dict] = None
         self.probes = 0
         self.probe_successes = 0
+        self.last_probe_result: Optional[tuple] = None
+        self.next_step_bps = 0.0
 
     # ---------------------------------------------------------------- allocation
 
-    def _plan(self, budget: float, consumers: list["Consumer"]) -> dict["Consumer", int]:
+    def _plan(self, budget: float, consumers: list["Consumer"], keep: float = 1.0) -> dict["Consumer", int]:
+        """`keep` < 1 lets a slot that is playing stay on its lowest layer with a slightly
+        short budget: pausing and resuming around one threshold would flap."""
         plan: dict["Consumer", int] = {}
         for c in consumers:
             p = c.producer
             if p is None:
                 continue
             r = layer_rate(p.streams[0], 0)
+            if not c.paused and not c.fresh:
+                r *= keep
             if budget >= r:
                 plan[c] = 0
                 budget -= r
@@ -101,14 +108,27 @@ class StreamAllocator:
         now = time.monotonic() if now is None else now
         self.last_run = now
         consumers = [c for c in t.consumers["video"] if c.producer is not None]
-        audio = sum(1 for c in t.consumers["audio"] if c.producer is not None)
+        audio = 0.0  # audio is served first, always: reserve what it measurably uses
+        for c in t.consumers["audio"]:
+            p = c.producer
+            if p is not None:
+                audio += max(AUDIO_MIN_BPS, 1.2 * max(s.bitrate_peak for s in p.streams))
         estimate = t.estimator.estimate
-        budget = max(0.0, estimate - audio * AUDIO_RESERVE_BPS)
-        down = self._plan(budget, consumers)
+        budget = max(0.0, estimate - audio)
+        down = self._plan(budget, consumers, keep=0.8)
         up = self._plan(budget / UPGRADE_MARGIN, consumers)
         ideal = self._plan(float("inf"), consumers)
-        self.desired_bps = self._cost(ideal) + audio * AUDIO_RESERVE_BPS
+        self.desired_bps = self._cost(ideal) + audio
         self.deficient = any(down.get(c, -1) < ideal.get(c, -1) for c in consumers)
+        # what one more step costs for the first slot that wants more (the probe aims there)
+        self.next_step_bps = 0.0
+        for c in consumers:
+            have, want = down.get(c, -1), ideal.get(c, -1)
+            if have < want and c.producer is not None:
+                streams = c.producer.streams
+                nxt = have + 1
+                self.next_step_bps = layer_rate(streams[nxt], nxt) - (layer_rate(streams[have], have) if have >= 0 else 0.0)
+                break
         upgrade = False
         for c in consumers:
             current = c.layer if not c.paused else -1
@@ -120,7 +140,7 @@ class StreamAllocator:
         if upgrade:
             if not self.upgrade_since:
                 self.upgrade_since = now
-            elif now - self.upgrade_since >= UPGRADE_HOLD_S and t.estimator.stable(now, 1.0):
+            elif now - self.upgrade_since >= UPGRADE_HOLD_S and t.estimator.stable(now, 0.5):
                 for c in consumers:
                     current = c.layer if not c.paused else -1
                     if up[c] > current:
@@ -155,12 +175,16 @@ class StreamAllocator:
             return
         if now - self.last_probe < self.probe_wait or not est.stable(now, 1.0):
             return
-        target = min(self.desired_bps * 1.2, max(est.estimate * 2.5, est.estimate + 300_000))
+        # aim at the next layer step with the upgrade's margin on top (LiveKit's rule of
+        # thumb): a probe far past the link's capacity only costs loss on a weak link
+        step = max(150_000.0, 1.3 * UPGRADE_MARGIN * self.next_step_bps)
+        target = min(self.desired_bps * UPGRADE_MARGIN * 1.2, est.estimate * UPGRADE_MARGIN + step)
         if target <= est.estimate * 1.05:
             return
         self.last_probe = now
         self.probes += 1
         self.probe = {"target": target, "start": now, "first": None, "last": None, "sent": 0, "ticks": 0}
+        est.probe_window = (now, now + PROBE_DURATION_S + 0.15)
         asyncio.get_running_loop().call_soon(self._probe_tick)
 
     def _probe_tick(self) -> None:
@@ -194,25 +218,29 @@ class StreamAllocator:
         pr = self.probe
         if pr is None:
             return
-        if "done" not in pr:
-            if now - pr["start"] > 3.0:
-                self.probe = None
-            return
-        if pr["first"] is None:
+        if now - pr["start"] > 3.0:
             self.probe = None
             return
+        first = pr["first"]
+        if first is None:
+            if "done" in pr:
+                self.probe = None
+            return
         cluster = pr.setdefault("results", {})
-        first, end = pr["first"], pr["end_seq"]
+        end = pr.get("end_seq", self.transport.twcc_history.seq)
         for seq, send, size, arrival in results:
             if ((seq - first) & 0xFFFF) < ((end - first) & 0xFFFF):
                 cluster[seq] = (send, size, arrival)
+        if "done" not in pr:
+            return
         expected = (end - first) & 0xFFFF
         if len(cluster) < expected and now - pr["done"] < 1.0:
             return
         self.probe = None
         got = [(s, z, a) for s, z, a in cluster.values() if a is not None]
         if len(got) < max(5, 0.8 * expected):
-            self.probe_wait = min(30.0, self.probe_wait * 1.5)
+            self.last_probe_result = ("lost", expected, len(got))
+            self.probe_wait = min(PROBE_MAX_INTERVAL_S, self.probe_wait * 1.5)
             return
         got.sort()
         send_span = got[-1][0] - got[0][0]
@@ -224,8 +252,10 @@ class StreamAllocator:
         recv_rate = sum(z for _, z, _ in got[1:]) * 8 / recv_span
         rate = min(send_rate, recv_rate) if recv_rate >= 0.9 * send_rate else 0.95 * recv_rate
         self.transport.estimator.on_probe(ProbeResult(rate, expected, len(got)), now)
+        self.last_probe_result = (round(rate), round(pr["target"]), expected, len(got))
         if rate >= 0.9 * pr["target"]:
             self.probe_successes += 1
             self.probe_wait = PROBE_INTERVAL_S
+            self.upgrade_since = now - UPGRADE_HOLD_S  # the probe was the proof: upgrade now
         else:
-            self.probe_wait = min(30.0, self.probe_wait * 1.5)
+            self.probe_wait = min(PROBE_MAX_INTERVAL_S, self.probe_wait * 1.5)

@@ -284,8 +284,8 @@ class Consumer:
 
     def on_nack(self, seqs: list[int]) -> None:
         history = self.history
-        if history is None:
-            return
+        if history is None or self.paused:
+            return  # a paused slot's link is congested: retransmitting would only add to it
         now = time.monotonic()
         resent = self._resent_at
         for seq in seqs:

@@ -18,12 +18,13 @@ that rate, the estimate jumps there.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Optional
 
 from aiortc.rate import BandwidthUsage, RemoteBitrateEstimator
 
-START_BPS = 1_000_000
+START_BPS = 300_000  # unverified until probed: start low, probe at once
 MIN_BPS = 60_000
 MAX_BPS = 30_000_000
 LOSS_LOW = 0.02
@@ -45,12 +46,14 @@ class BandwidthEstimator:
         self.loss_bps = float(start_bps)
         self.remb_bps: Optional[float] = None
         self.mode = "none"  # "twcc" or "remb" once feedback arrives
-        self.loss = 0.0  # smoothed loss fraction of what was sent
+        self.loss = 0.0  # loss fraction of what was sent, last 0.5 s
+        self._loss_window: deque = deque()
         self._loss_time = now
         self._last_loss_decrease = 0.0
         self.last_decrease = 0.0
         self.overusing = False
         self.acked_bps = 0.0
+        self.probe_window = (0.0, -1.0)  # send times of the current/last probe cluster (+ tail)
         self._acked: list[tuple[float, int]] = []  # (arrival, size) over the last second
 
     # ---------------------------------------------------------------- inputs
@@ -61,15 +64,22 @@ class BandwidthEstimator:
         lost = 0
         got = 0
         before = self.delay_bps
+        p0, p1 = self.probe_window
         for send, size, arrival in packets:
+            probing = p0 <= send <= p1
             if arrival is None:
-                lost += 1
+                if not probing:  # a probe is meant to find the queue's edge: its loss is expected
+                    lost += 1
                 continue
-            got += 1
+            if not probing:
+                got += 1
             self._acked.append((arrival, size))
             result = self._gcc.add(int(arrival * 1000), int(send * 262144) & 0xFFFFFF, size, 0)
             if result is not None:
-                self.delay_bps = float(result[0])
+                if result[0] > 0:
+                    self.delay_bps = float(result[0])
+                else:  # aiortc's rate control can run off after a jump; restart it from the acked rate
+                    self._reset_gcc(max(MIN_BPS, self.acked_bps or self.loss_bps), now)
         self.overusing = self._gcc.detector.state() == BandwidthUsage.OVERUSING
         if self.delay_bps < before * 0.97:
             self.last_decrease = now
@@ -99,8 +109,15 @@ class BandwidthEstimator:
         if self.mode != "twcc":
             self._update_loss(fraction, 50, now)
 
+    def _reset_gcc(self, bps: float, now: float) -> None:
+        self._gcc = RemoteBitrateEstimator()
+        self._gcc.rate_control.set_estimate(int(bps), int(now * 1000))
+        self.delay_bps = float(bps)
+
     def on_probe(self, result: ProbeResult, now: float) -> None:
-        if result.bitrate > self.estimate and not self.overusing and self.loss < LOSS_LOW:
+        """A probe's received rate is a measurement of the link, loss during it included
+        (on a capped link the probe itself overflows the queue): take it if it is higher."""
+        if result.bitrate > self.estimate:
             self._gcc.rate_control.set_estimate(int(result.bitrate), int(now * 1000))
             self.delay_bps = result.bitrate
             self.loss_bps = max(self.loss_bps, result.bitrate)
@@ -110,15 +127,23 @@ class BandwidthEstimator:
     # ---------------------------------------------------------------- loss-based control
 
     def _update_loss(self, fraction: float, packets: int, now: float) -> None:
-        weight = min(1.0, packets / 100)
-        self.loss += (fraction - self.loss) * (0.3 * weight + 0.05)
+        # loss over the last half second of reports: responsive, yet not one packet's verdict
+        self._loss_window.append((now, fraction * packets, packets))
+        while self._loss_window and now - self._loss_window[0][0] > 0.5:
+            self._loss_window.popleft()
+        total = sum(p for _, _, p in self._loss_window)
+        if total >= 20:
+            self.loss = sum(lost for _, lost, _ in self._loss_window) / total
         dt = min(1.0, max(0.0, now - self._loss_time))
         self._loss_time = now
         if self.loss < LOSS_LOW:
             # follow the delay estimate upward at GCC's pace; never run far ahead of it
             self.loss_bps = min(self.loss_bps * math.pow(1.08, dt) + 1000 * dt, max(self.delay_bps, self.loss_bps))
         elif self.loss > LOSS_HIGH and now - self._last_loss_decrease > 0.3:
-            self.loss_bps = max(MIN_BPS, self.loss_bps * (1 - 0.5 * self.loss))
+            # cut relative to what actually got through, not to the previous estimate:
+            # repeated cuts of the estimate over one loss episode would overshoot downward
+            base = self.acked_bps if self.acked_bps > 0 else self.loss_bps
+            self.loss_bps = max(MIN_BPS, min(self.loss_bps, base * (1 - 0.5 * self.loss)))
             self._last_loss_decrease = now
             self.last_decrease = now
 

@@ -58,7 +58,8 @@ REORDER_WAIT = 0.5  # how long a frame with a hole may hold up newer ones (NACK 
 MAX_PENDING_FRAMES = 48  # frames buffered behind a hole before giving up on it at once
 AUDIO_ONLY_AFTER = 10.0  # s of audio with no video keyframe: write an audio-only file
 POLL_INTERVAL = 0.25  # how often the floor is looked at, s
-SWITCH_KEYFRAME_RETRY = 1.0  # ask the new source again if its keyframe has not come, s
+SWITCH_KEYFRAME_RETRY = 0.5  # ask the new source again if its keyframe has not come, s
+MIN_VIDEO_STEP = VIDEO_CLOCK // 1000  # WebM stores milliseconds: frames at least 1 ms apart
 _HALF = 0x80000000
 _MASK32 = 0xFFFFFFFF
 
@@ -288,10 +289,11 @@ class WebmWriter:
 
 
 class _Frame:
-    __slots__ = ("ts", "parts", "first", "last", "keyframe", "size")
+    __slots__ = ("ts", "parts", "first", "last", "keyframe", "size", "created")
 
-    def __init__(self, ts: int) -> None:
+    def __init__(self, ts: int, now: float) -> None:
         self.ts = ts
+        self.created = now
         self.parts: dict[int, bytes] = {}
         self.first = -1  # seq of the packet with S=1, partition 0
         self.last = -1  # seq of the packet with the marker bit
@@ -335,21 +337,23 @@ class Vp8Depacketizer:
         data = info.data
         start = info.payload_offset
         end = len(data) - info.padding
-        ts = info.ts
-        if self.last_ts is not None and not ts_newer(ts, self.last_ts):
-            return  # late retransmission of a frame already emitted or given up
         if start >= end:
+            # padding-only (bandwidth probe): takes a sequence number between frames,
+            # usually with the previous frame's timestamp
             self.fillers.add(info.seq)
             if self.frames:
                 self._drain(now)
             return
+        ts = info.ts
+        if self.last_ts is not None and not ts_newer(ts, self.last_ts):
+            return  # late retransmission of a frame already emitted or given up
         d = vp8.descriptor_length(data, start, end)
         if d < 0 or start + d >= end:
             self.malformed += 1
             return
         frame = self.frames.get(ts)
         if frame is None:
-            frame = self.frames[ts] = _Frame(ts)
+            frame = self.frames[ts] = _Frame(ts, now)
         seq = info.seq
         if seq in frame.parts:
             return
@@ -395,28 +399,28 @@ class Vp8Depacketizer:
                 continue
             # waiting for a keyframe: the oldest complete one starts a new chain
             key: Optional[_Frame] = None
+            head: Optional[_Frame] = None  # oldest keyframe seen so far, complete or not
             for f in frames.values():
-                if f.keyframe and f.complete() and (key is None or ts_newer(key.ts, f.ts)):
-                    key = f
+                if f.keyframe:
+                    if head is None or ts_newer(head.ts, f.ts):
+                        head = f
+                    if f.complete() and (key is None or ts_newer(key.ts, f.ts)):
+                        key = f
             if key is not None:
                 self._drop_older(key.ts)
                 if self._emit(key, now):
                     continue
                 return
-            for f in list(frames.values()):
-                if f.complete():  # a whole inter frame is useless without its references
-                    self._discard(f)
-                    self.dropped += 1
+            if head is not None:
+                self._drop_older(head.ts)  # inter frames before a keyframe are useless
+            # (newer inter frames are kept: their keyframe's first packet may still come)
             excess = len(frames) - MAX_PENDING_FRAMES
             if excess > 0:
                 for f in list(frames.values())[:excess]:  # oldest arrivals first
                     self._discard(f)
                     self.dropped += 1
-            if frames:
-                newest = next(reversed(frames.values()))
-                if newest.keyframe and newest.last < 0:
-                    return  # a keyframe is arriving right now: do not ask for another
-            self.need_keyframe(now)
+            if head is None or now - head.created > self.max_wait:
+                self.need_keyframe(now)  # none arriving right now: ask (the stream rate-limits)
             return
 
     def _emit(self, f: _Frame, now: float) -> bool:
@@ -452,13 +456,15 @@ class Vp8Depacketizer:
                 self.dropped += 1
 
     def _give_up(self, now: float) -> None:
-        """The expected frame will not be completed: wait for the next keyframe."""
-        self.expect = None
-        self.blocked_since = 0.0
-        for f in list(self.frames.values()):
-            if not f.keyframe:
+        """The expected frame will not be completed: wait for the next keyframe (the
+        waiting branch of _drain drops what came before it, keeps what comes after)."""
+        if self.expect is not None:
+            f = self.by_first.get(self.expect)
+            if f is not None:
                 self._discard(f)
                 self.dropped += 1
+        self.expect = None
+        self.blocked_since = 0.0
 
     def pending(self) -> int:
         return len(self.frames)
@@ -491,7 +497,7 @@ class TrackRecorder:
         self._base_pts = 0
         self._last_ts = 0
         self._ext = 0
-        self.last_pts = -1  # last timestamp written (video), in clock units
+        self.last_pts = -MIN_VIDEO_STEP  # last timestamp written (video), in clock units
         self.last_end = 0  # end of the last packet written (audio), in clock units
         # statistics
         self.packets = 0
@@ -586,7 +592,7 @@ class TrackRecorder:
                 if abs(candidate - now) < 1.0:
                     local = candidate
             base = int((local - self.origin) * self.clock)
-            floor = self.last_pts + 1 if self.is_video else self.last_end
+            floor = self.last_pts + MIN_VIDEO_STEP if self.is_video else self.last_end
             self._base_pts = max(base, floor, 0)
             self._last_ts = ts
             self._ext = 0
@@ -598,8 +604,8 @@ class TrackRecorder:
 
     def _on_frame(self, ts: int, data: bytes, keyframe: bool, size: Optional[tuple[int, int]], now: float) -> bool:
         pts = self._pts(ts, now)
-        if pts <= self.last_pts:
-            pts = self.last_pts + 1
+        if pts < self.last_pts + MIN_VIDEO_STEP:
+            pts = self.last_pts + MIN_VIDEO_STEP
         if not self.writer.put_video(data, pts, keyframe, size):
             return False
         self.last_pts = pts
