@@ -38,8 +38,10 @@ THUMBNAIL_MAX_LAYER = 0
 
 
 def layer_rate(stream: "RecvStream", layer: int) -> float:
+    """What forwarding this layer costs: its recent peak rate plus 10 %, or a nominal rate
+    while it is not flowing (e.g. paused at the publisher because nobody received it)."""
     nominal = NOMINAL_BPS[min(layer, len(NOMINAL_BPS) - 1)]
-    if stream.ssrc is not None and stream.bitrate_peak > 0:
+    if stream.ssrc is not None and stream.bitrate_peak > 0 and time.monotonic() - stream.last_packet < 1.0:
         return max(stream.bitrate_peak * 1.1, nominal * 0.25)
     return nominal
 

@@ -56,6 +56,8 @@ AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_CLOCK)
 QUEUE_MAX = 512  # frames + audio packets waiting for the writer (~6 s of 30 fps video + audio)
 REORDER_WAIT = 0.5  # how long a frame with a hole may hold up newer ones (NACK recovery), s
 MAX_PENDING_FRAMES = 48  # frames buffered behind a hole before giving up on it at once
+STALE_RESET = 1.0  # only "old" timestamps for this long: the publisher restarted, s
+REANCHOR_JUMP = 5.0  # an RTP timestamp jump larger than this re-anchors the source, s
 AUDIO_ONLY_AFTER = 10.0  # s of audio with no video keyframe: write an audio-only file
 POLL_INTERVAL = 0.25  # how often the floor is looked at, s
 SWITCH_KEYFRAME_RETRY = 0.5  # ask the new source again if its keyframe has not come, s
@@ -329,6 +331,7 @@ class Vp8Depacketizer:
         self.expect: Optional[int] = None  # seq the next frame must start at; None: wait for a keyframe
         self.last_ts: Optional[int] = None
         self.blocked_since = 0.0
+        self.stale_since = 0.0
         self.emitted = 0
         self.dropped = 0  # frames thrown away (incomplete, or undecodable after a loss)
         self.malformed = 0
@@ -346,7 +349,14 @@ class Vp8Depacketizer:
             return
         ts = info.ts
         if self.last_ts is not None and not ts_newer(ts, self.last_ts):
-            return  # late retransmission of a frame already emitted or given up
+            # a late retransmission of a frame already emitted or given up; but if nothing
+            # else comes for a while the publisher restarted its timestamps: start over
+            if not self.stale_since:
+                self.stale_since = now
+            if now - self.stale_since < STALE_RESET:
+                return
+            self.reset()
+        self.stale_since = 0.0
         d = vp8.descriptor_length(data, start, end)
         if d < 0 or start + d >= end:
             self.malformed += 1
@@ -465,6 +475,17 @@ class Vp8Depacketizer:
                 self.dropped += 1
         self.expect = None
         self.blocked_since = 0.0
+
+    def reset(self) -> None:
+        """Forget everything pending and wait for a keyframe (publisher restart)."""
+        self.dropped += len(self.frames)
+        self.frames.clear()
+        self.by_first.clear()
+        self.fillers.clear()
+        self.expect = None
+        self.last_ts = None
+        self.blocked_since = 0.0
+        self.stale_since = 0.0
 
     def pending(self) -> int:
         return len(self.frames)
@@ -598,7 +619,13 @@ class TrackRecorder:
             self._ext = 0
             self._anchored = True
             return self._base_pts
-        self._ext += ((ts - self._last_ts + _HALF) & _MASK32) - _HALF
+        delta = ((ts - self._last_ts + _HALF) & _MASK32) - _HALF
+        if abs(delta) > REANCHOR_JUMP * self.clock:
+            # the publisher restarted its clock (or was silent/paused for long): place the
+            # packet by its arrival again, still after everything already written
+            self._anchored = False
+            return self._pts(ts, now)
+        self._ext += delta
         self._last_ts = ts
         return self._base_pts + self._ext
 

@@ -34,6 +34,10 @@ class Router:
         self.priority: dict[str, int] = {}  # participant id -> lower is shown first
         self.names: dict[str, tuple[str, str]] = {}  # participant id -> (site id, name)
         self.on_slots: Optional[SlotsListener] = None
+        # publisher -> site: which simulcast layers anyone receives (the rest can be paused)
+        self.on_publish_layers: Optional[Callable[[WebRtcTransport, str, list[str]], None]] = None
+        self._layers_timer: Optional[asyncio.TimerHandle] = None
+        self._layer_last_used: dict[int, float] = {}  # id(RecvStream) -> last time it had a sink
         self.floor: Optional[str] = None  # participant id given the floor by the chair
         self._order = 0
         self._reassign_pending = False
@@ -61,6 +65,7 @@ class Router:
 
     def transport_connected(self, transport: WebRtcTransport) -> None:
         self.reassign()
+        self._schedule_layers()
 
     def stream_started(self, stream: RecvStream) -> None:
         self.reassign()
@@ -88,6 +93,37 @@ class Router:
         floor = self.floor
         out.sort(key=lambda p: -1 if p.participant_id == floor else self.priority.get(p.participant_id, 1 << 40))
         return out
+
+    # ---------------------------------------------------------------- publisher layers
+
+    LAYER_IDLE_S = 5.0  # a layer nobody has received for this long is paused at the publisher
+
+    def _schedule_layers(self) -> None:
+        if self._layers_timer is None and self.transports:
+            self._layers_timer = asyncio.get_running_loop().call_later(0.5, self._update_publish_layers)
+
+    def _update_publish_layers(self) -> None:
+        """Tell each simulcast publisher which layers are wanted: the lowest always (new
+        viewers and thumbnails start there), any other only while some slot (or recorder)
+        takes it or waits for it, kept for LAYER_IDLE_S after the last one left so a
+        viewer hovering at a threshold does not make the publisher's encoder flap."""
+        self._layers_timer = None
+        now = time.monotonic()
+        for t in list(self.transports.values()):
+            p = t.producers.get("video")
+            if p is None or not p.simulcast or t.closed:
+                continue
+            active = []
+            for i, stream in enumerate(p.streams):
+                if stream.sinks:
+                    self._layer_last_used[id(stream)] = now
+                used = now - self._layer_last_used.get(id(stream), -1e9) < self.LAYER_IDLE_S
+                if i == 0 or used:
+                    active.append(stream.rid)
+            if active != t.publish_layers_sent and self.on_publish_layers is not None:
+                t.publish_layers_sent = active
+                self.on_publish_layers(t, "video", active)
+        self._schedule_layers()
 
     # ---------------------------------------------------------------- chair controls
 

@@ -91,6 +91,7 @@ class WebRtcTransport:
         self._rtcp_task: Optional[asyncio.Task] = None
         self.negotiated = False
         self.slots_sent: Optional[dict] = None  # last slot map told to the client
+        self.publish_layers_sent: Optional[list[str]] = None  # last layer list told to the publisher
         self.connected = asyncio.Event()
         self.closed = False
         self.on_state: Optional[Callable[[str], None]] = None

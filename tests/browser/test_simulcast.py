@@ -43,6 +43,10 @@ async def _until(predicate, timeout: float, step: float = 0.25):
     return None
 
 
+async def _eq(awaitable, value) -> bool:
+    return (await awaitable) == value
+
+
 async def test_chromium_simulcast_to_a_capped_receiver_and_back(hoinghi, open_page):
     page = await open_page("publisher", hoinghi.join_url("site", hoinghi.token("xa-cam", "site", name="Xã Camera")))
 
@@ -51,8 +55,25 @@ async def test_chromium_simulcast_to_a_capped_receiver_and_back(hoinghi, open_pa
         sizes = {(l["rid"], l["w"]) for l in layers if l["w"]}
         return layers if {("q", 320), ("h", 640), ("f", 1280)} <= sizes else None
 
-    layers = await _until(three_layers, 30)
+    # an uncapped viewer makes the server want every layer: the browser sends all three
+    first = SyntheticSite(hoinghi.url, hoinghi.token("xa-fibre", "site"), publish_video=False, publish_audio=False)
+    await first.join()
+    await first.start_media()
+    layers = await _until(three_layers, 40)
     assert layers, await page.evaluate(OUTBOUND_LAYERS)
+    await first.close()
+
+    # nobody receives h or f any more: the server pauses them at the publisher
+    paused = await _until(
+        lambda: page.evaluate("() => JSON.stringify(window.hoinghi.conference.publishLayers || [])"), 1
+    )
+    assert await _until(
+        lambda: _eq(page.evaluate("() => JSON.stringify(window.hoinghi.conference.publishLayers || [])"), '["q"]'), 15
+    ), paused
+    sent = {l["rid"]: l["bytes"] for l in await page.evaluate(OUTBOUND_LAYERS)}
+    await asyncio.sleep(1.5)
+    later = {l["rid"]: l["bytes"] for l in await page.evaluate(OUTBOUND_LAYERS)}
+    assert later["q"] > sent["q"] and later["f"] - sent["f"] < 2000, (sent, later)
 
     link = LinkImpairment(downstream_bps=400_000)
     viewer = SyntheticSite(hoinghi.url, hoinghi.token("xa-yeu", "site"), publish_video=False, publish_audio=False, impairment=link)
@@ -82,7 +103,7 @@ async def test_chromium_simulcast_to_a_capped_receiver_and_back(hoinghi, open_pa
         # media the viewer's decoder never got, after retransmission, over 6 s at the cap
         assert expected > 50 and (expected - received) / expected <= 0.02, (expected, received)
 
-        # cap lifted: back to the top layer
+        # cap lifted: back to the top layer (the publisher is asked for f again on the way)
         lifted = time.monotonic()
         link.downstream_bps = None
         assert await _until(lambda: track().size == (1280, 720), 20), track().size

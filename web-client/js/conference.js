@@ -8,6 +8,12 @@
 //   "transceivers"  the receive transceivers were (re)created or dropped (this.recv)
 //   "notice"        a non-fatal server error, detail = {code, message, ref}
 //   "rtt"           a new round-trip time measurement (this.rtt, ms)
+//   "control"       floor / spotlight / lock / meeting status / mute-all changed (this.control)
+//   "hand"          a request to speak was raised or lowered, detail = the `hand` message
+//   "chair_muted"   the chair muted or unmuted this site, detail = {kind, muted}
+//   "roll_call"     a roll call opened, changed or closed (this.rollCall)
+//   "link_stats"    new link figures from the server (this.linkStats, this.rosterStats)
+//   "media"         the peer connection's own state changed (this.mediaState)
 
 export const PROTOCOL_VERSION = 1;
 
@@ -31,7 +37,9 @@ const PC_DISCONNECTED_GRACE_MS = 6_000;
 const FATAL_CLOSE_WAIT_MS = 3_000;
 const BACKOFF_MS = [1_000, 2_000, 4_000, 8_000, 15_000, 30_000];
 const MEETING_FULL_RETRY_MS = 15_000;
+const MEETING_LOCKED_RETRY_MS = 30_000;
 const RATE_LIMITED_RETRY_MS = 60_000;
+const CHAIR_REPLY_TIMEOUT_MS = 5_000;
 
 /** Errors after which retrying cannot help: the page stops and explains. */
 export const FINAL_ERRORS = new Set([
@@ -184,8 +192,22 @@ export class Conference extends EventTarget {
 
     this.lastError = null;
     this.rtt = null;
+    /** What the operator of this page wants (buttons); a chair mute overrides it. */
     this.audioEnabled = true;
     this.videoEnabled = true;
+    /** The chair's mutes of this site (server-enforced; the page shows them and keeps the track off). */
+    this.chairMuted = { audio: false, video: false };
+    /** Meeting-wide state set by the chair: floor and spotlight are {participant_id, site_id, name} or null. */
+    this.control = { floor: null, spotlight: null, locked: false, status: null, allMuted: false };
+    /** The open (or last) roll call as the server describes it, or null. */
+    this.rollCall = null;
+    /** This site's own link figures (`link_stats.self`), and everyone's for a chair (by participant id). */
+    this.linkStats = null;
+    this.rosterStats = {};
+    /** The peer connection's state: new, connecting, connected, disconnected, failed (or null without one). */
+    this.mediaState = null;
+    this._chairSeq = 0;
+    this._chairWaiters = new Map();
 
     this._timers = new Map();
     this._fatal = null;
@@ -234,14 +256,62 @@ export class Conference extends EventTarget {
 
   setAudioEnabled(on) {
     this.audioEnabled = !!on;
-    for (const tr of this.localStream?.getAudioTracks() || []) tr.enabled = this.audioEnabled;
+    this._applyTracks();
     this._sendMediaState();
   }
 
   setVideoEnabled(on) {
     this.videoEnabled = !!on;
-    for (const tr of this.localStream?.getVideoTracks() || []) tr.enabled = this.videoEnabled;
+    this._applyTracks();
     this._sendMediaState();
+  }
+
+  /** Microphone / camera really on: wanted by this page and not muted by the chair. */
+  get audioOn() {
+    return this.hasMic && this.audioEnabled && !this.chairMuted.audio;
+  }
+
+  get videoOn() {
+    return this.hasCamera && this.videoEnabled && !this.chairMuted.video;
+  }
+
+  _applyTracks() {
+    for (const tr of this.localStream?.getAudioTracks() || []) tr.enabled = this.audioEnabled && !this.chairMuted.audio;
+    for (const tr of this.localStream?.getVideoTracks() || []) tr.enabled = this.videoEnabled && !this.chairMuted.video;
+  }
+
+  /** Ask to speak (raised = true) or withdraw the request. */
+  raiseHand(raised) {
+    return this._send({ type: "raise_hand", raised: !!raised });
+  }
+
+  get handRaised() {
+    return !!this.self?.hand;
+  }
+
+  /** Answer the open roll call ("present"). */
+  answerRollCall() {
+    if (!this.rollCall?.active) return false;
+    return this._send({ type: "roll_call_answer", roll_call_id: this.rollCall.id });
+  }
+
+  /**
+   * A chair action (hub / operator pages): resolves with the server's `chair_done`,
+   * rejects with {code, message} on an `error` (e.g. forbidden for a site's link).
+   */
+  chair(action, fields = {}) {
+    const id = `chair-${++this._chairSeq}`;
+    return new Promise((resolve, reject) => {
+      if (!this._send({ type: "chair", id, action, ...fields })) {
+        reject({ code: "not_connected", message: "" });
+        return;
+      }
+      const timer = setTimeout(() => {
+        this._chairWaiters.delete(id);
+        reject({ code: "no_reply", message: "" });
+      }, CHAIR_REPLY_TIMEOUT_MS);
+      this._chairWaiters.set(id, { resolve, reject, timer });
+    });
   }
 
   /** The receive transceiver carrying a slot: by mid, else by position among its kind. */
@@ -326,6 +396,8 @@ export class Conference extends EventTarget {
       this._scheduleReconnect("server_restart");
     } else if (code === "meeting_full") {
       this._scheduleReconnect("meeting_full", MEETING_FULL_RETRY_MS);
+    } else if (code === "meeting_locked") {
+      this._scheduleReconnect("meeting_locked", MEETING_LOCKED_RETRY_MS);
     } else if (code === "rate_limited") {
       this._scheduleReconnect("rate_limited", RATE_LIMITED_RETRY_MS);
     } else if (code) {
@@ -360,6 +432,26 @@ export class Conference extends EventTarget {
     });
   }
 
+  async _applyPublishLayers(msg) {
+    const pc = this.pc;
+    if (!pc || msg.kind !== "video" || !Array.isArray(msg.active)) return;
+    const sender = pc.getSenders().find((s) => s.track && s.track.kind === "video");
+    if (!sender) return;
+    try {
+      const params = sender.getParameters();
+      if (!params.encodings || params.encodings.length < 2) return;
+      let changed = false;
+      for (const enc of params.encodings) {
+        const want = !enc.rid || msg.active.includes(enc.rid);
+        if (enc.active !== want) { enc.active = want; changed = true; }
+      }
+      if (changed) await sender.setParameters(params);
+      this.publishLayers = msg.active.slice();
+    } catch (err) {
+      console.warn("publish_layers: could not apply", err);
+    }
+  }
+
   /** Drop socket, peer connection, timers and receive slots; keeps roster and local media. */
   _teardown() {
     this.gen += 1;
@@ -391,6 +483,15 @@ export class Conference extends EventTarget {
     this.recv = { video: [], audio: [] };
     this.slots = { video: [], audio: [] };
     this._pings.clear();
+    for (const [id, w] of this._chairWaiters) {
+      clearTimeout(w.timer);
+      w.reject({ code: "not_connected", message: "" });
+      this._chairWaiters.delete(id);
+    }
+    if (this.mediaState !== null) {
+      this.mediaState = null;
+      this._emit("media");
+    }
     if (hadMedia) this._emit("transceivers");
     this._emit("slots");
   }
@@ -443,6 +544,44 @@ export class Conference extends EventTarget {
       case "bye":
         this._bye = typeof msg.reason === "string" ? msg.reason : "unknown";
         break;
+      case "floor":
+      case "spotlight":
+        this.control[msg.type] = msg.site_id ? { participant_id: msg.participant_id ?? null, site_id: msg.site_id, name: msg.name ?? null } : null;
+        this._emit("control");
+        this._emit("slots"); // which slot is shown large follows the floor
+        break;
+      case "meeting_locked":
+        this.control.locked = !!msg.locked;
+        this._emit("control");
+        break;
+      case "meeting_status":
+        this.control.status = msg.status ?? null;
+        if (this.meeting) this.meeting.status = msg.status;
+        this._emit("control");
+        break;
+      case "hand":
+        this._emit("hand", msg);
+        break;
+      case "muted_by_chair":
+        this._onChairMuted(msg);
+        break;
+      case "roll_call":
+        this.rollCall = msg.id ? msg : null;
+        this._emit("roll_call");
+        break;
+      case "publish_layers":
+        // The server asks for the simulcast layers someone receives; pausing the others
+        // saves this site's uplink and CPU. The lowest layer always stays on.
+        this._applyPublishLayers(msg);
+        break;
+      case "link_stats":
+        this.linkStats = msg.self || null;
+        if (msg.participants && typeof msg.participants === "object") this.rosterStats = msg.participants;
+        this._emit("link_stats");
+        break;
+      case "chair_done":
+        this._settleChair(msg.ref, msg, null);
+        break;
       default:
         // Newer servers may send types this client does not know: ignore them.
         break;
@@ -453,6 +592,15 @@ export class Conference extends EventTarget {
     this._clearTimer("join");
     this.self = msg.participant || null;
     this.meeting = msg.meeting || null;
+    this.control = {
+      floor: msg.floor || null,
+      spotlight: msg.spotlight || null,
+      locked: !!msg.meeting?.locked,
+      status: msg.meeting?.status ?? null,
+      allMuted: !!msg.all_muted,
+    };
+    this._syncChairMuted(this.self?.chair_muted);
+    this._emit("control");
     const slots = msg.slots || {};
     this.slotCounts = {
       video: Number.isInteger(slots.video) ? slots.video : 0,
@@ -522,6 +670,8 @@ export class Conference extends EventTarget {
   }
 
   _onPcState(s) {
+    this.mediaState = s;
+    this._emit("media");
     if (s === "connected") {
       this._clearTimer("media");
       this._clearTimer("disconnected");
@@ -543,6 +693,7 @@ export class Conference extends EventTarget {
       fatal: !!msg.fatal,
     };
     if (msg.ref !== undefined) err.ref = msg.ref;
+    if (this._settleChair(msg.ref, null, err)) return; // a refused chair action: the caller shows it
     this.lastError = err;
     if (err.fatal) {
       // The server closes the socket right after; do it ourselves if it does not.
@@ -592,11 +743,41 @@ export class Conference extends EventTarget {
 
   _sendMediaState() {
     if (this.state !== "joined" && this.state !== "connected") return;
-    this._send({
-      type: "media_state",
-      audio: this.hasMic && this.audioEnabled,
-      video: this.hasCamera && this.videoEnabled,
-    });
+    this._send({ type: "media_state", audio: this.audioOn, video: this.videoOn });
+  }
+
+  _settleChair(ref, reply, err) {
+    const w = ref !== undefined ? this._chairWaiters.get(ref) : undefined;
+    if (!w) return false;
+    this._chairWaiters.delete(ref);
+    clearTimeout(w.timer);
+    if (err) w.reject(err);
+    else w.resolve(reply);
+    return true;
+  }
+
+  /** The chair muted or unmuted this site: keep the local track in step and say so. */
+  _onChairMuted(msg) {
+    const kind = msg.kind === "video" ? "video" : "audio";
+    const muted = !!msg.muted;
+    this.chairMuted = { ...this.chairMuted, [kind]: muted };
+    // Unmuted by the chair means "we want to hear / see you": switch it back on.
+    if (!muted) {
+      if (kind === "audio") this.audioEnabled = true;
+      else this.videoEnabled = true;
+    }
+    this._applyTracks();
+    this._sendMediaState();
+    this._emit("chair_muted", { kind, muted });
+  }
+
+  _syncChairMuted(cm) {
+    if (!cm || typeof cm !== "object") return;
+    const next = { audio: !!cm.audio, video: !!cm.video };
+    if (next.audio !== this.chairMuted.audio || next.video !== this.chairMuted.video) {
+      this.chairMuted = next;
+      this._applyTracks();
+    }
   }
 
   // ----- roster -------------------------------------------------------------------------
@@ -620,6 +801,7 @@ export class Conference extends EventTarget {
     if (!p || typeof p.id !== "string") return;
     if (this.self && p.id === this.self.id) {
       this.self = p;
+      this._syncChairMuted(p.chair_muted);
     } else {
       this.participants.set(p.id, p);
       if (isJoin || !this.seen.has(p.site_id)) this.seen.set(p.site_id, { at: new Date(), before: false });
