@@ -94,6 +94,7 @@ class ReceivedTrack:
     last: float = 0.0
     sizes: set = field(default_factory=set)
     size: tuple = (0, 0)
+    log: Optional[list] = None  # (arrival, (width, height)) of every decoded frame, when set
 
     def rate(self) -> float:
         if self.frames < 2 or self.last <= self.first:
@@ -358,6 +359,8 @@ class SyntheticSite:
                 if rec.kind == "video":
                     rec.sizes.add((frame.width, frame.height))
                     rec.size = (frame.width, frame.height)
+                    if rec.log is not None:
+                        rec.log.append((now, rec.size))
         except (MediaStreamError, asyncio.CancelledError):
             pass
 

@@ -37,6 +37,7 @@ class LinkImpairment:
         self.queue_ms = queue_ms
         self._free_at = 0.0  # when the shaped link has sent everything queued so far
         self.dropped_queue = 0
+        self.passed_bytes = 0  # RTP bytes (+ IP/UDP headers) delivered downstream
         self._rng = random.Random(seed)
         self.dropped_up = 0
         self.dropped_down = 0
@@ -81,9 +82,11 @@ class LinkImpairment:
                         return
                     self._free_at = start + (len(data) + 28) * 8 / rate
                     self.passed_down += 1
+                    self.passed_bytes += len(data) + 28
                     loop.call_at(loop.time() + (self._free_at - now), original_received, data, component)
                     return
                 self.passed_down += 1
+                self.passed_bytes += len(data) + 28
             original_received(data, component)
 
         ice_transport._send = send

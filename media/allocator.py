@@ -77,7 +77,7 @@ class StreamAllocator:
             r = layer_rate(p.streams[0], 0)
             if not c.paused and not c.fresh:
                 r *= keep
-            if budget >= r:
+            if budget >= r or keep == 0.0:
                 plan[c] = 0
                 budget -= r
             else:
@@ -117,7 +117,8 @@ class StreamAllocator:
                 audio += max(AUDIO_MIN_BPS, 1.2 * max(s.bitrate_peak for s in p.streams))
         estimate = t.estimator.estimate
         budget = max(0.0, estimate - audio)
-        down = self._plan(budget, consumers, keep=0.8)
+        # a site that sends no feedback at all cannot be adapted to: never pause it
+        down = self._plan(budget, consumers, keep=0.0 if t.estimator.mode == "none" else 0.8)
         up = self._plan(budget / UPGRADE_MARGIN, consumers)
         ideal = self._plan(float("inf"), consumers)
         self.desired_bps = self._cost(ideal) + audio
@@ -151,6 +152,7 @@ class StreamAllocator:
         else:
             self.upgrade_since = 0.0
         self.allocated_bps = self._cost({c: (c.layer if not c.paused else -1) for c in consumers})
+        t.set_pacing(estimate if t.estimator.mode != "none" else 0.0)
         self._maybe_probe(now)
 
     def _apply(self, c: "Consumer", layer: int, reason: str) -> None:
@@ -257,7 +259,7 @@ class StreamAllocator:
         self.last_probe_result = (round(rate), round(pr["target"]), expected, len(got))
         if rate >= 0.9 * pr["target"]:
             self.probe_successes += 1
-            self.probe_wait = PROBE_INTERVAL_S
+            self.probe_wait = 0.5  # still short of what the site should get: probe again soon
             self.upgrade_since = now - UPGRADE_HOLD_S  # the probe was the proof: upgrade now
         else:
             self.probe_wait = min(PROBE_MAX_INTERVAL_S, self.probe_wait * 1.5)

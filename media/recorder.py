@@ -61,6 +61,7 @@ REANCHOR_JUMP = 5.0  # an RTP timestamp jump larger than this re-anchors the sou
 AUDIO_ONLY_AFTER = 10.0  # s of audio with no video keyframe: write an audio-only file
 POLL_INTERVAL = 0.25  # how often the floor is looked at, s
 SWITCH_KEYFRAME_RETRY = 0.5  # ask the new source again if its keyframe has not come, s
+RECORDABLE = {"video": "video/vp8", "audio": "audio/opus"}  # what the file can hold as received
 MIN_VIDEO_STEP = VIDEO_CLOCK // 1000  # WebM stores milliseconds: frames at least 1 ms apart
 _HALF = 0x80000000
 _MASK32 = 0xFFFFFFFF
@@ -698,6 +699,14 @@ class RecordingResult:
 RouterSource = Union["Router", Callable[[], Optional["Router"]]]
 
 
+def top_layer(producer: "Producer") -> Optional["RecvStream"]:
+    """The highest simulcast layer the publisher has sent at all (its only one otherwise)."""
+    for s in reversed(producer.streams):
+        if s.ssrc is not None:
+            return s
+    return None
+
+
 class MeetingRecorder:
     """Record whoever has the floor of a meeting into one WebM file.
 
@@ -801,7 +810,7 @@ class MeetingRecorder:
             if t.closed:
                 continue
             p = t.producers.get(kind)
-            if p is None or p.closed or all(s.ssrc is None for s in p.streams):
+            if p is None or p.closed or p.mime != RECORDABLE[kind] or all(s.ssrc is None for s in p.streams):
                 continue
             key = -1 if pid == floor else router.priority.get(pid, 1 << 40)
             if best_key is None or key < best_key:
@@ -809,7 +818,12 @@ class MeetingRecorder:
         return best
 
     def follow(self) -> None:
-        """Move each track to who should be recorded now (cheap; run every poll)."""
+        """Move each track to who should be recorded now (cheap; run every poll).
+
+        Simulcast: a new subject is taken on the layer flowing now (a quick switch), then
+        moved up to its top layer; attaching to that layer is what tells the Router it is
+        wanted (it un-pauses it at the publisher), and the current layer is recorded until
+        the top one's keyframe comes."""
         router = self._get_router()
         now = time.monotonic()
         for track in (self.video, self.audio):
@@ -818,18 +832,33 @@ class MeetingRecorder:
             producer = self.pick(router, track.kind) if router is not None else None
             if producer is None:
                 continue  # keep what is being recorded (if anything) until someone is there
-            wanted = producer.best_stream()
-            current = track.target or track.source
+            source = track.source
+            if source is None or source.producer is not producer or now - source.last_packet > 1.0:
+                wanted = producer.best_stream()  # a new subject, or its layer stopped
+            else:
+                wanted = top_layer(producer)
+            current = track.target or source
+            if wanted is None:
+                continue
             if wanted is current:
-                if track.target is not None and track.is_video and now - track.target_since > SWITCH_KEYFRAME_RETRY:
-                    if track.target.request_keyframe(now):
+                target = track.target
+                if (target is not None and track.is_video and now - track.target_since > SWITCH_KEYFRAME_RETRY
+                        and now - target.last_packet < 1.0):
+                    if target.request_keyframe(now):
                         track.keyframe_requests += 1
                     track.target_since = now
                 continue
-            if wanted is track.source:
+            if wanted is source:
                 track.set_target(wanted, now)  # back to the current source: cancel the switch
                 continue
-            stream = router.attach_sink(producer.participant_id, track.kind, track)
+            if wanted is producer.best_stream():
+                stream = router.attach_sink(producer.participant_id, track.kind, track)  # type: ignore[union-attr]
+            else:
+                stream = wanted
+                if track not in stream.sinks:
+                    stream.sinks.append(track)
+                if track.is_video:
+                    stream.request_keyframe(now)
             if stream is not None:
                 track.set_target(stream, now)
 

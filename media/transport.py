@@ -18,6 +18,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -107,7 +108,13 @@ class WebRtcTransport:
         self._rate_mark = (now, 0)
         self._send_bps = 0.0
         self._probe_rr = 0
-        self._remb_parts: dict[tuple, tuple] = {}  # ssrcs -> (value, congested, time, octets, send bps)
+        self._remb_parts: dict[tuple, tuple] = {}
+        self._pace_rate = 0.0
+        self._pace_tokens = 0.0
+        self._pace_time = now
+        self._pace_queue: deque = deque()
+        self._pace_queued_bytes = 0
+        self.pace_dropped = 0  # ssrcs -> (value, congested, time, octets, send bps)
         # counters for metrics and benchmarks
         self.packets_in = 0
         self.bytes_in = 0
@@ -485,7 +492,68 @@ class WebRtcTransport:
 
     # ---------------------------------------------------------------- send path
 
+    # ---------------------------------------------------------------- pacing
+
+    PACE_FACTOR = 1.5  # pace at 1.5x the estimate: a keyframe burst must not overflow a
+    PACE_BURST_S = 0.02  # shallow bottleneck queue (tbf drops beyond ~100 ms of data)
+    PACE_MAX_QUEUE_S = 1.0
+
+    def set_pacing(self, estimate_bps: float) -> None:
+        """Pace this site's downlink at PACE_FACTOR x its estimate (0: no pacing, for sites
+        that send no congestion feedback). Idle cost is one comparison per packet."""
+        self._pace_rate = estimate_bps * self.PACE_FACTOR / 8.0  # bytes per second
+
     def send_rtp(self, packet: bytearray, tcc_off: int = 0) -> None:
+        rate = self._pace_rate
+        if not rate:
+            self._send_now(packet, tcc_off)
+            return
+        queue = self._pace_queue
+        if queue:
+            if self._pace_queued_bytes > rate * self.PACE_MAX_QUEUE_S:
+                self.pace_dropped += 1
+                return
+            queue.append((packet, tcc_off))
+            self._pace_queued_bytes += len(packet)
+            return
+        now = time.monotonic()
+        burst = max(3000.0, rate * self.PACE_BURST_S)
+        tokens = min(burst, self._pace_tokens + (now - self._pace_time) * rate)
+        self._pace_time = now
+        n = len(packet)
+        if tokens >= n:
+            self._pace_tokens = tokens - n
+            self._send_now(packet, tcc_off)
+            return
+        self._pace_tokens = tokens
+        queue.append((packet, tcc_off))
+        self._pace_queued_bytes += n
+        asyncio.get_running_loop().call_later((n - tokens) / rate, self._pace_drain)
+
+    def _pace_drain(self) -> None:
+        queue = self._pace_queue
+        rate = self._pace_rate
+        if not queue:
+            return
+        if not rate:
+            while queue:
+                self._send_now(*queue.popleft())
+            self._pace_queued_bytes = 0
+            return
+        now = time.monotonic()
+        burst = max(3000.0, rate * self.PACE_BURST_S)
+        tokens = min(burst, self._pace_tokens + (now - self._pace_time) * rate)
+        self._pace_time = now
+        while queue and tokens >= len(queue[0][0]):
+            packet, tcc_off = queue.popleft()
+            tokens -= len(packet)
+            self._pace_queued_bytes -= len(packet)
+            self._send_now(packet, tcc_off)
+        self._pace_tokens = tokens
+        if queue:
+            asyncio.get_running_loop().call_later((len(queue[0][0]) - tokens) / rate, self._pace_drain)
+
+    def _send_now(self, packet: bytearray, tcc_off: int) -> None:
         sendto = self._sendto
         if sendto is None:
             return
@@ -527,7 +595,7 @@ class WebRtcTransport:
         if pkt is None:
             return None, 0
         seq = self.twcc_history.seq
-        self.send_rtp(pkt, c.tcc_off)
+        self._send_now(pkt, c.tcc_off)  # probes go at the probe's rate, not the pacer's
         return seq, len(pkt) + 10
 
     def send_rtcp(self, packet: bytes) -> None:
