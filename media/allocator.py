@@ -32,8 +32,8 @@ UPGRADE_MARGIN = 1.15
 UPGRADE_HOLD_S = 1.5
 PROBE_INTERVAL_S = 2.0
 PROBE_MAX_INTERVAL_S = 4.0  # a lifted cap is found within this (the 10 s climb-back target)
-PROBE_DURATION_S = 0.25
-PROBE_TICK_S = 0.015
+PROBE_DURATION_S = 0.1  # short: on a link that cannot take the step, a probe costs loss
+PROBE_TICK_S = 0.01
 THUMBNAIL_MAX_LAYER = 0
 
 

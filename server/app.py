@@ -18,6 +18,8 @@ from aiohttp import web
 
 from media import MediaSettings
 from media.network import is_local_address
+from server.admin import setup_routes as setup_admin_routes
+from server.recordings import setup_routes as setup_recording_routes
 from server.auth import AuthError, TokenService
 from server.config import Settings
 from server.storage import Storage
@@ -110,6 +112,8 @@ async def build_app(settings: Settings, storage: Storage, tokens: TokenService) 
     app.router.add_get("/ws", signaling.handle)
     app.router.add_get("/healthz", _healthz)
     app.router.add_static("/static", WEB_ROOT, show_index=False)
+    setup_admin_routes(app, storage, tokens, signaling, settings=settings)
+    setup_recording_routes(app, storage, tokens, signaling)
 
     async def on_shutdown(app: web.Application) -> None:
         await signaling.shutdown()
