@@ -131,7 +131,9 @@ class RecvStream:
                 self.keyframes += 1
                 self.keyframe_requested = 0.0
         if info.audio_level >= 0:
-            self.producer.audio_level = info.audio_level & 0x7F
+            p = self.producer
+            p.level_sum += info.audio_level & 0x7F
+            p.level_n += 1
         if self.producer.muted:
             return
         info.abs24 = int(now * 262144.0) & 0xFFFFFF
@@ -305,7 +307,8 @@ class Producer:
         self.nack = "nack" in feedback
         self.pli = "nack pli" in feedback
         self.fir = "ccm fir" in feedback
-        self.audio_level = 127
+        self.level_sum = 0  # ssrc-audio-level values (0 loud .. 127 silent) since the last speaker window
+        self.level_n = 0
         self.muted = False  # forwarding stopped by the chair
         self.last_keyframe_request = 0.0
         self.keyframe_requests = 0

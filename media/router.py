@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 from .consumer import Consumer
 from .producer import Producer, RecvStream
+from .speaker import WINDOW_S, SpeakerDetector
 from .transport import MediaSettings, WebRtcTransport
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,10 @@ class Router:
         # publisher -> site: which simulcast layers anyone receives (the rest can be paused)
         self.on_publish_layers: Optional[Callable[[WebRtcTransport, str, list[str]], None]] = None
         self._layers_timer: Optional[asyncio.TimerHandle] = None
+        self._ticks = 0
+        self.speakers = SpeakerDetector()
+        self.speaker_order: list[str] = []  # most recent dominant speaker first
+        self.on_speaker: Optional[Callable[[Optional[str]], None]] = None
         self._layer_last_used: dict[int, float] = {}  # id(RecvStream) -> last time it had a sink
         self.floor: Optional[str] = None  # participant id given the floor by the chair
         self._order = 0
@@ -82,6 +87,14 @@ class Router:
         self._reassign_pending = True
         asyncio.get_running_loop().call_soon(self._reassign)
 
+    def _rank(self, pid: str) -> tuple:
+        """Video order: the floor, then recent dominant speakers, then the hub, then join order."""
+        if pid == self.floor:
+            return (0, 0)
+        if pid in self.speaker_order:
+            return (1, self.speaker_order.index(pid))
+        return (2, self.priority.get(pid, 1 << 40))
+
     def _candidates(self, kind: str, exclude: str) -> list[Producer]:
         out = []
         for pid, t in self.transports.items():
@@ -90,9 +103,63 @@ class Router:
             p = t.producers.get(kind)
             if p is not None and not p.closed:
                 out.append(p)
-        floor = self.floor
-        out.sort(key=lambda p: -1 if p.participant_id == floor else self.priority.get(p.participant_id, 1 << 40))
+        if kind == "audio":
+            loud = self.speakers.loudness
+            dominant = self.speakers.dominant
+            out.sort(key=lambda p: (p.participant_id != dominant, -loud.get(p.participant_id, 0.0), self._rank(p.participant_id)))
+        else:
+            out.sort(key=lambda p: self._rank(p.participant_id))
         return out
+
+    def _reassign(self) -> None:
+        self._reassign_pending = False
+        for pid, t in list(self.transports.items()):
+            if not t.negotiated or t.closed:
+                continue
+            for kind in ("video", "audio"):
+                self._assign(t.consumers[kind], self._candidates(kind, pid))
+            if t.connected.is_set():
+                t.allocator.run()
+            self._notify(t)
+
+    def reassign_audio(self) -> None:
+        """Loudest-K audio follows the speech every window; video only on speaker changes."""
+        for pid, t in list(self.transports.items()):
+            if t.negotiated and not t.closed:
+                self._assign(t.consumers["audio"], self._candidates("audio", pid))
+                self._notify(t)
+
+    def _notify(self, t: WebRtcTransport) -> None:
+        slots = self.slots_of(t)
+        if slots != t.slots_sent and self.on_slots is not None:
+            t.slots_sent = slots
+            self.on_slots(t, slots)
+
+    def _assign(self, consumers: list[Consumer], candidates: list[Producer]) -> None:
+        """Slot 0 is the stage: the first candidate (floor, else the latest dominant speaker,
+        else the hub), which the client shows large and the allocator lets climb highest.
+        The other slots keep whoever is still among the next N-1 candidates (a change of
+        speaker moves one site in or out instead of shifting every slot); newcomers take
+        the freed slots."""
+        if not consumers:
+            return
+        wanted = candidates[: len(consumers)]
+        stage = wanted[0] if wanted else None
+        consumers[0].assign(stage)
+        rest = wanted[1:]
+        keep = set()
+        free = []
+        for c in consumers[1:]:
+            if c.assigned is not None and c.assigned in rest and id(c.assigned) not in keep:
+                keep.add(id(c.assigned))
+            else:
+                free.append(c)
+        for p in rest:
+            if id(p) not in keep and free:
+                free.pop(0).assign(p)
+                keep.add(id(p))
+        for c in free:
+            c.assign(None)
 
     # ---------------------------------------------------------------- publisher layers
 
@@ -100,14 +167,37 @@ class Router:
 
     def _schedule_layers(self) -> None:
         if self._layers_timer is None and self.transports:
-            self._layers_timer = asyncio.get_running_loop().call_later(0.5, self._update_publish_layers)
+            self._layers_timer = asyncio.get_running_loop().call_later(WINDOW_S, self._tick)
+
+    def _tick(self) -> None:
+        """Every speaker window: fold audio levels in; every few: publisher layers."""
+        self._layers_timer = None
+        if not self.transports:
+            return
+        audio = [t.producers["audio"] for t in self.transports.values() if "audio" in t.producers and not t.closed]
+        if self.speakers.update(audio):
+            pid = self.speakers.dominant
+            if pid is not None:
+                if pid in self.speaker_order:
+                    self.speaker_order.remove(pid)
+                self.speaker_order.insert(0, pid)
+                del self.speaker_order[64:]
+            if self.on_speaker is not None:
+                self.on_speaker(pid)
+            self.reassign()
+        elif audio:
+            self.reassign_audio()
+        self._ticks += 1
+        if self._ticks % 3 == 0:
+            self._update_publish_layers()
+        else:
+            self._schedule_layers()
 
     def _update_publish_layers(self) -> None:
         """Tell each simulcast publisher which layers are wanted: the lowest always (new
         viewers and thumbnails start there), any other only while some slot (or recorder)
         takes it or waits for it, kept for LAYER_IDLE_S after the last one left so a
         viewer hovering at a threshold does not make the publisher's encoder flap."""
-        self._layers_timer = None
         now = time.monotonic()
         for t in list(self.transports.values()):
             p = t.producers.get("video")
@@ -164,26 +254,6 @@ class Router:
                 for s in p.streams:
                     if sink in s.sinks:
                         s.sinks.remove(sink)
-
-    def _reassign(self) -> None:
-        self._reassign_pending = False
-        for pid, t in list(self.transports.items()):
-            if not t.negotiated or t.closed:
-                continue
-            for kind in ("video", "audio"):
-                self._assign(t.consumers[kind], self._candidates(kind, pid))
-            if t.connected.is_set():
-                t.allocator.run()
-            slots = self.slots_of(t)
-            if slots != t.slots_sent and self.on_slots is not None:
-                t.slots_sent = slots
-                self.on_slots(t, slots)
-
-    def _assign(self, consumers: list[Consumer], candidates: list[Producer]) -> None:
-        """Slot i carries the i-th candidate: slot 0 is the stage (the floor, else the hub),
-        which is what the client shows large and what the allocator lets climb highest."""
-        for i, c in enumerate(consumers):
-            c.assign(candidates[i] if i < len(candidates) else None)
 
     def slots_of(self, transport: WebRtcTransport) -> dict:
         out: dict[str, list] = {}
