@@ -19,6 +19,7 @@ from aiohttp import web
 from media import MediaSettings
 from media.network import is_local_address
 from server.admin import setup_routes as setup_admin_routes
+from server.metrics import setup_routes as setup_metrics_routes
 from server.recordings import setup_routes as setup_recording_routes
 from server.auth import AuthError, TokenService
 from server.config import Settings
@@ -114,6 +115,7 @@ async def build_app(settings: Settings, storage: Storage, tokens: TokenService) 
     app.router.add_static("/static", WEB_ROOT, show_index=False)
     setup_admin_routes(app, storage, tokens, signaling, settings=settings)
     setup_recording_routes(app, storage, tokens, signaling)
+    setup_metrics_routes(app, signaling)
 
     async def on_shutdown(app: web.Application) -> None:
         await signaling.shutdown()
