@@ -23,8 +23,10 @@ from aiohttp.test_utils import TestServer
 
 from loadtest.bench_recording import build_audio, encode_opus, rtp, vp8_packets
 from loadtest.peer import SyntheticSite
-from media import vp8
+from media import MediaSettings, vp8
+from media.producer import Producer
 from media.recorder import MeetingRecorder, TrackRecorder, Vp8Depacketizer, WebmWriter, opus_samples
+from media.router import Router
 from media.rtp import parse_rtp
 from server.app import SIGNALING_KEY, build_app
 from server.auth import TokenService
@@ -123,7 +125,17 @@ class Probe:
 
 
 def probe(path: Path) -> Probe:
-    """Read the file as a player would; decoding here (the test) is fine, never in the server."""
+    """Read the file as a player would; decoding here (the test) is fine, never in the server.
+    ffmpeg's own error messages (demuxer or decoder complaints) are collected in `log`."""
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)  # PyAV keeps ffmpeg quiet by default
+    try:
+        return _probe(path)
+    finally:
+        av.logging.set_level(level)
+
+
+def _probe(path: Path) -> Probe:
     with av.logging.Capture() as log:
         with av.open(str(path)) as c:
             p = Probe(duration=(c.duration or 0) / 1e6, streams={s.type: s.codec_context.name for s in c.streams})
@@ -241,6 +253,21 @@ def test_loss_just_before_a_keyframe_keeps_the_frames_after_it():
     assert [f[1] for f in out.frames] == [e[0] for e in encoded[:10] + encoded[11:]]
 
 
+def test_publisher_timestamp_restart_recovers():
+    """A publisher whose RTP clock goes back (encoder restart) looks like one long run of
+    late packets; after STALE_RESET the depacketizer starts over at a keyframe."""
+    encoded1, encoded2 = encode(10), encode(30, keyframes=(0, 20))
+    first = packetize(encoded1, ts0=3_000_000, seq0=500)
+    second = packetize(encoded2, ts0=1000, seq0=40000)
+    out = Collect()
+    depack = Vp8Depacketizer(out.emit, out.need)
+    now = _run(depack, first, dt=0.02)
+    requests = out.keyframe_requests
+    _run(depack, second, dt=0.05, start=now)
+    assert [f[1] for f in out.frames] == [e[0] for e in encoded1 + encoded2[20:]]
+    assert out.keyframe_requests > requests
+
+
 def test_late_retransmission_within_the_wait_is_used():
     encoded = encode(20)
     packets = packetize(encoded)
@@ -335,6 +362,79 @@ def test_source_switch_rebases_to_increasing_timestamps(tmp_path):
     assert strictly_increasing(info.video_pts)
     assert strictly_increasing(info.audio_pts)
     assert all(s >= e - 0.5 for s, e in zip(info.audio_pts[1:], info.audio_end))  # no overlap
+
+
+class _Transport:
+    """What a Producer, its RecvStreams and the Router's sink calls touch; RTCP is kept."""
+
+    rtcp_ssrc = 1
+    ext_kinds = NO_EXT
+    rtt = 0.0
+    closed = False
+
+    def __init__(self, participant_id: str) -> None:
+        self.participant_id = participant_id
+        self.producers: dict = {}
+        self.rtcp: list[bytes] = []
+
+    def send_rtcp(self, packet: bytes) -> None:
+        self.rtcp.append(packet)
+
+
+def by_frame(packets: list[bytes]) -> list[list[bytes]]:
+    out: list[list[bytes]] = []
+    last = None
+    for p in packets:
+        ts = parse_rtp(p, NO_EXT).ts
+        if ts != last:
+            out.append([])
+            last = ts
+        out[-1].append(p)
+    return out
+
+
+async def test_simulcast_starts_on_the_flowing_layer_then_takes_the_top_one(tmp_path):
+    """The recorder starts on the best layer flowing now, then attaches to the top layer
+    (which is what makes the Router un-pause it at the publisher) and moves there at its
+    keyframe; the file holds both sizes, every frame decodable."""
+    router = Router("m", MediaSettings())
+    transport = _Transport("pub")
+    producer = Producer(transport, "video", "1", "video/vp8", 90000, 96, None, {"nack", "nack pli"}, ["q", "h", "f"])
+    transport.producers["video"] = producer
+    router.transports["pub"] = transport  # type: ignore[assignment]
+    router.priority["pub"] = 1
+    q, h, f = producer.streams
+    clips = {}
+    for i, (stream, size) in enumerate(zip((q, h, f), ((80, 60), (160, 120), (320, 240)))):
+        stream.ssrc = 100 + i
+        clips[stream] = by_frame(packetize(encode(30, size, keyframes=(0, 10)), ssrc=stream.ssrc, seq0=1000 * i))
+
+    def feed(stream, frames):
+        for frame in frames:
+            for p in frame:
+                stream.on_rtp(parse_rtp(p, NO_EXT), time.monotonic())
+
+    feed(q, clips[q][:10])
+    feed(h, clips[h][:10])  # f has an SSRC but is paused: nobody took it
+    recorder = MeetingRecorder(router, tmp_path / "sim.webm", poll_interval=3600)
+    await recorder.start()
+    track = recorder.video
+    assert track.target is h and track in h.sinks  # the best flowing layer, via attach_sink
+    feed(h, clips[h][10:20])
+    assert track.source is h and track.frames == 10
+    recorder.follow()
+    assert track.target is f and track in f.sinks and track.source is h  # waits on the top layer
+    feed(h, clips[h][20:22])
+    feed(f, clips[f][10:25])  # f resumes with a keyframe
+    assert track.source is f and track not in h.sinks
+    recorder.follow()
+    assert track.target is None and track.source is f
+    result = await recorder.stop()
+    assert track not in f.sinks and result.switches == 1
+    info = probe(tmp_path / "sim.webm")
+    assert info.decoded == len(info.video_pts) == 10 + 2 + 15 and info.log == []
+    assert info.sizes == {(160, 120), (320, 240)}
+    assert strictly_increasing(info.video_pts)
 
 
 # ---------------------------------------------------------------------------- slow: real peers
@@ -591,6 +691,28 @@ async def test_record_through_the_console_api(api_server, tmp_path):
             _check_recording(probe(tmp_path / "downloaded.webm"), seconds, {(320, 240)})
         finally:
             await _close(pub)
+
+
+@pytest.mark.slow
+async def test_server_shutdown_finishes_the_recording(api_server):
+    srv = api_server
+    pub = await _start(srv, "hub", "hub")
+    try:
+        assert await _wait(lambda: _flowing(srv, pub), 10)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{srv.url}/api/meetings/demo/recording", json={"action": "start"},
+                                 headers={"Authorization": f"Bearer {srv.token('op', 'operator')}"}) as r:
+                assert r.status == 201
+                rec_id = (await r.json())["recording"]["id"]
+        await asyncio.sleep(2.0)
+        await srv.server.close()  # shutdown with the recording running
+        rec = srv.server.app[RECORDINGS_KEY].store.get(rec_id)
+        assert rec.stopped_at is not None and rec.duration_s and rec.frames > 0
+        info = probe(srv.settings.data_dir / rec.path)
+        assert info.decoded == len(info.video_pts) == rec.frames and info.log == []
+        assert info.duration == pytest.approx(rec.duration_s, abs=0.1)
+    finally:
+        await _close(pub)
 
 
 async def test_unfinished_recording_is_marked_interrupted_at_start(tmp_path):
