@@ -63,6 +63,7 @@ class StreamAllocator:
         self.probe_successes = 0
         self.last_probe_result: Optional[tuple] = None
         self.next_step_bps = 0.0
+        self.ceiling = 0.0  # received rate of the last failed probe (0: none)
 
     # ---------------------------------------------------------------- allocation
 
@@ -118,7 +119,10 @@ class StreamAllocator:
         estimate = t.estimator.estimate
         budget = max(0.0, estimate - audio)
         # a site that sends no feedback at all cannot be adapted to: never pause it
-        down = self._plan(budget, consumers, keep=0.0 if t.estimator.mode == "none" else 0.8)
+        # and before the link has shown any limit, the start estimate is a guess: it may keep
+        # a stream on its lowest layer but never pause it
+        unproven = t.estimator.mode == "none" or not t.estimator.verified
+        down = self._plan(budget, consumers, keep=0.0 if unproven else 0.8)
         up = self._plan(budget / UPGRADE_MARGIN, consumers)
         ideal = self._plan(float("inf"), consumers)
         self.desired_bps = self._cost(ideal) + audio
@@ -183,6 +187,10 @@ class StreamAllocator:
         # thumb): a probe far past the link's capacity only costs loss on a weak link
         step = max(150_000.0, 1.3 * UPGRADE_MARGIN * self.next_step_bps)
         target = min(self.desired_bps * UPGRADE_MARGIN * 1.2, est.estimate * UPGRADE_MARGIN + step)
+        if self.ceiling:
+            # the last probe failed at about this rate: probe just above it, so a link that
+            # is still capped loses nothing, and a lifted cap is still found (then climb)
+            target = min(target, max(self.ceiling, est.estimate) * 1.3)
         if target <= est.estimate * 1.05:
             return
         self.last_probe = now
@@ -244,6 +252,7 @@ class StreamAllocator:
         got = [(s, z, a) for s, z, a in cluster.values() if a is not None]
         if len(got) < max(5, 0.8 * expected):
             self.last_probe_result = ("lost", expected, len(got))
+            self.ceiling = self.transport.estimator.estimate * 1.1
             self.probe_wait = min(PROBE_MAX_INTERVAL_S, self.probe_wait * 1.5)
             return
         got.sort()
@@ -258,8 +267,10 @@ class StreamAllocator:
         self.transport.estimator.on_probe(ProbeResult(rate, expected, len(got)), now)
         self.last_probe_result = (round(rate), round(pr["target"]), expected, len(got))
         if rate >= 0.9 * pr["target"]:
+            self.ceiling = 0.0
             self.probe_successes += 1
             self.probe_wait = 0.5  # still short of what the site should get: probe again soon
             self.upgrade_since = now - UPGRADE_HOLD_S  # the probe was the proof: upgrade now
         else:
+            self.ceiling = rate
             self.probe_wait = min(PROBE_MAX_INTERVAL_S, self.probe_wait * 1.5)

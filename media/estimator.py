@@ -54,6 +54,7 @@ class BandwidthEstimator:
         self.overusing = False
         self.acked_bps = 0.0
         self.probe_window = (0.0, -1.0)  # send times of the current/last probe cluster (+ tail)
+        self.probed = False
         self._acked: list[tuple[float, int]] = []  # (arrival, size) over the last second
 
     # ---------------------------------------------------------------- inputs
@@ -117,6 +118,7 @@ class BandwidthEstimator:
     def on_probe(self, result: ProbeResult, now: float) -> None:
         """A probe's received rate is a measurement of the link, loss during it included
         (on a capped link the probe itself overflows the queue): take it if it is higher."""
+        self.probed = True
         if result.bitrate > self.estimate:
             self._gcc.rate_control.set_estimate(int(result.bitrate), int(now * 1000))
             self.delay_bps = result.bitrate
@@ -156,5 +158,11 @@ class BandwidthEstimator:
             e = min(self.remb_bps, self.loss_bps)
         return max(MIN_BPS, min(MAX_BPS, e))
 
+    @property
+    def verified(self) -> bool:
+        """True once the link has shown a limit (a decrease) or a probe measured it."""
+        return self.last_decrease > 0 or self.probed
+
     def stable(self, now: float, for_s: float = 1.5) -> bool:
+        """No over-use, little loss, no recent decrease: the moment to ask for more."""
         return not self.overusing and self.loss < LOSS_LOW and now - self.last_decrease > for_s

@@ -88,12 +88,17 @@ class Router:
         asyncio.get_running_loop().call_soon(self._reassign)
 
     def _rank(self, pid: str) -> tuple:
-        """Video order: the floor, then recent dominant speakers, then the hub, then join order."""
+        """Video order: the floor, then the hub (who chairs), then recent dominant speakers,
+        then join order. The stage (slot 0) is therefore the floor, else the hub; speakers
+        move in and out of the thumbnails."""
         if pid == self.floor:
             return (0, 0)
+        prio = self.priority.get(pid, 1 << 40)
+        if prio < 1_000_000:  # the hub
+            return (1, prio)
         if pid in self.speaker_order:
-            return (1, self.speaker_order.index(pid))
-        return (2, self.priority.get(pid, 1 << 40))
+            return (2, self.speaker_order.index(pid))
+        return (3, prio)
 
     def _candidates(self, kind: str, exclude: str) -> list[Producer]:
         out = []
@@ -136,8 +141,7 @@ class Router:
             self.on_slots(t, slots)
 
     def _assign(self, consumers: list[Consumer], candidates: list[Producer]) -> None:
-        """Slot 0 is the stage: the first candidate (floor, else the latest dominant speaker,
-        else the hub), which the client shows large and the allocator lets climb highest.
+        """Slot 0 is the stage: the first candidate (the floor, else the hub), which the client shows large and the allocator lets climb highest.
         The other slots keep whoever is still among the next N-1 candidates (a change of
         speaker moves one site in or out instead of shifting every slot); newcomers take
         the freed slots."""
