@@ -1,4 +1,4 @@
-"""`hoinghi` command line: run the server, or mint a join link for a site.
+"""`hoinghi` command line: run the server, mint a join link for a site, load the site registry.
 
 `token` loads settings exactly as `serve` does, so a link printed at the hub console is
 signed with the secret the running server checks (same data dir => same secret file) and
@@ -21,7 +21,7 @@ from typing import Any
 
 from server.auth import ROLES, SecretFileError, TokenService
 from server.config import ConfigError, Settings, load_settings
-from server.storage import Storage, StorageError
+from server.storage import SAMPLE_SITES_CSV, SiteImportError, Storage, StorageError
 
 EXIT_USAGE = 2
 
@@ -64,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--name", help="display name shown to other participants")
     token.add_argument("--ttl", type=_positive_int, help="validity in seconds (default: token_ttl_s setting)")
     _add_settings_flags(token, with_host=False)
+
+    sites = sub.add_parser("sites", help="load or print the site registry (province -> district -> commune)")
+    sites_sub = sites.add_subparsers(dest="sites_command", required=True, metavar="ACTION")
+    imp = sites_sub.add_parser("import", help="load sites from a CSV file: id,name,level,parent_id")
+    imp.add_argument("file", type=Path, help=f"CSV file (the shipped sample: {SAMPLE_SITES_CSV})")
+    imp.add_argument("--replace", action="store_true", help="also delete registered sites that are not in the file")
+    _add_settings_flags(imp, with_host=False)
+    sample = sites_sub.add_parser("sample", help="load the shipped sample registry of 164 sites")
+    _add_settings_flags(sample, with_host=False)
+    export = sites_sub.add_parser("export", help="print the registry as CSV")
+    _add_settings_flags(export, with_host=False)
     return parser
 
 
@@ -112,6 +123,40 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sites(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    storage = Storage(settings.db_path)
+    try:
+        if args.sites_command == "export":
+            sys.stdout.write(storage.sites_csv())
+            return 0
+        if args.sites_command == "sample":
+            counts = storage.load_sample_sites()
+        else:
+            try:
+                text = args.file.read_text(encoding="utf-8-sig")
+            except FileNotFoundError:
+                raise CliError(f"file {args.file} does not exist") from None
+            except UnicodeDecodeError:
+                raise CliError(f"file {args.file} is not UTF-8 text; in Excel use 'Save as: CSV UTF-8'") from None
+            except OSError as exc:
+                raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
+            try:
+                counts = storage.import_sites_csv(text, replace=args.replace)
+            except SiteImportError as exc:
+                lines = "\n  ".join(exc.errors[:30])
+                more = f"\n  … and {len(exc.errors) - 30} more" if len(exc.errors) > 30 else ""
+                raise CliError(f"{args.file} was not imported (nothing changed):\n  {lines}{more}") from None
+    finally:
+        storage.close()
+    print(
+        f"Sites: {counts['added']} added, {counts['updated']} updated, {counts['removed']} removed; "
+        f"{counts['total']} in the registry ({settings.db_path}).",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     try:
@@ -129,7 +174,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"serve": cmd_serve, "token": cmd_token}[args.command]
+    handler = {"serve": cmd_serve, "token": cmd_token, "sites": cmd_sites}[args.command]
     try:
         return handler(args)
     except (CliError, ConfigError, StorageError, SecretFileError) as exc:

@@ -100,7 +100,9 @@ class Room:
         self.max_participants = max_participants
         self.router = Router(meeting_id, media)
         self.router.on_slots = self._on_slots
+        self.router.on_speaker = self._on_speaker
         self.router.on_publish_layers = self._on_publish_layers
+        self.speaker: Optional[str] = None  # participant id of the latest dominant speaker
         self.sessions: dict[str, "Session"] = {}  # participant id -> session
         self.control = control if control is not None else MeetingControl()
         self._stats_task: Optional[asyncio.Task] = None
@@ -155,6 +157,19 @@ class Room:
         session = self.sessions.get(transport.participant_id)
         if session is not None:
             session.send({"type": "publish_layers", "kind": kind, "active": active})
+
+    def _on_speaker(self, participant_id: Optional[str]) -> None:
+        if participant_id == self.speaker:
+            return
+        self.speaker = participant_id
+        self.broadcast({"type": "speaker", **self.participant_ref(participant_id)})
+
+    def participant_ref(self, participant_id: Optional[str]) -> dict:
+        s = self.sessions.get(participant_id) if participant_id else None
+        p = s.participant if s is not None else None
+        if p is None:
+            return {"participant_id": None, "site_id": None, "name": None}
+        return {"participant_id": p.id, "site_id": p.site_id, "name": p.name}
 
     def _on_slots(self, transport, slots: dict) -> None:
         session = self.sessions.get(transport.participant_id)

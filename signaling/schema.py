@@ -13,6 +13,25 @@ from typing import Any
 import jsonschema
 from jsonschema import Draft202012Validator
 
+#: chair action -> whether it names a target site (participant_id or site_id)
+CHAIR_ACTIONS: dict[str, bool] = {
+    "floor": False,  # without a target: take the floor back
+    "spotlight": False,  # without a target: end the spotlight
+    "mute": True,
+    "unmute": True,
+    "mute_all": False,
+    "unmute_all": False,
+    "remove": True,
+    "readmit": True,
+    "lower_hand": True,
+    "lock": False,
+    "unlock": False,
+    "roll_call_start": False,
+    "roll_call_end": False,
+    "start": False,
+    "end": False,
+}
+
 PROTOCOL_VERSION = 1
 
 #: Largest WebSocket text frame accepted, in bytes. An offer with 1 + 1 publish and
@@ -54,6 +73,43 @@ CLIENT_MESSAGES: dict[str, dict] = {
     ),
     "ping": _msg("ping"),
     "leave": _msg("leave"),
+    "raise_hand": _msg("raise_hand", {"raised": {"type": "boolean"}}, ["raised"]),
+    "roll_call_answer": _msg(
+        "roll_call_answer", {"roll_call_id": {"type": "integer", "minimum": 1}}, ["roll_call_id"]
+    ),
+    "chair": {
+        **_msg(
+            "chair",
+            {
+                "action": {"enum": list(CHAIR_ACTIONS)},
+                "participant_id": {"type": "string", "minLength": 1, "maxLength": 64},
+                "site_id": {"type": "string", "minLength": 1, "maxLength": 64},
+                "kind": {"enum": ["audio", "video"]},
+            },
+            ["action"],
+        ),
+        # actions on one site name it (either way); the others take no target
+        "allOf": [
+            {
+                "if": {"properties": {"action": {"enum": [a for a, t in CHAIR_ACTIONS.items() if t]}}},
+                "then": {
+                    "anyOf": [{"required": ["participant_id"]}, {"required": ["site_id"]}],
+                    "x-message": "this action needs participant_id or site_id",
+                },
+            },
+            {
+                "if": {"properties": {"action": {"enum": [a for a, t in CHAIR_ACTIONS.items() if not t and a not in ("floor", "spotlight")]}}},
+                "then": {
+                    "not": {"anyOf": [{"required": ["participant_id"]}, {"required": ["site_id"]}]},
+                    "x-message": "this action takes no participant_id or site_id",
+                },
+            },
+            {
+                "if": {"not": {"properties": {"action": {"enum": ["mute", "unmute"]}}}},
+                "then": {"not": {"required": ["kind"]}, "x-message": "kind is only for mute and unmute"},
+            },
+        ],
+    },
 }
 
 _VALIDATORS = {name: Draft202012Validator(schema) for name, schema in CLIENT_MESSAGES.items()}
@@ -85,5 +141,7 @@ def validate(msg: Any) -> dict:
     error = jsonschema.exceptions.best_match(validator.iter_errors(msg))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(message)"
-        raise MessageError("invalid_message", f"{type_}: {where}: {error.message[:200]}")
+        # conditional rules carry their own plain explanation (x-message, ignored by jsonschema)
+        hint = error.schema.get("x-message") if isinstance(error.schema, dict) else None
+        raise MessageError("invalid_message", f"{type_}: {where}: {hint or error.message[:200]}")
     return msg

@@ -14,7 +14,8 @@ from aiohttp import web
 
 from media import MediaSettings
 
-from .room import Room
+from .chair import Chair
+from .room import MeetingControl, Room
 from .schema import MAX_MESSAGE_BYTES
 from .session import CLOSE_AUTH, CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, Session
 
@@ -26,9 +27,22 @@ class TokenVerifier(Protocol):
 
 
 class MeetingStore(Protocol):
+    """What signaling needs from storage (server/storage.py's Storage has all of it)."""
+
     def get_meeting(self, meeting_id: str) -> Any: ...
     def site_may_join(self, meeting_id: str, site_id: str) -> bool: ...
     def add_event(self, meeting_id: str, kind: str, site_id: Any = None, data: Any = None) -> Any: ...
+    def set_meeting_status(self, meeting_id: str, status: str) -> None: ...
+    def set_meeting_locked(self, meeting_id: str, locked: bool) -> None: ...
+    def meeting_site_ids(self, meeting_id: str) -> list[str]: ...
+    def list_sites(self) -> list[Any]: ...
+    def start_roll_call(self, meeting_id: str, expected: Any, started_by: Any = None) -> Any: ...
+    def answer_roll_call(self, roll_call_id: int, site_id: str, site_name: str) -> bool: ...
+    def mark_roll_call_connected(self, roll_call_id: int, site_id: str, site_name: str) -> None: ...
+    def end_roll_call(self, roll_call_id: int) -> Any: ...
+    def end_open_roll_calls(self, meeting_id: str) -> None: ...
+    def get_roll_call(self, roll_call_id: int) -> Any: ...
+    def attendance(self, roll_call_id: int) -> list[Any]: ...
 
 
 class Refusal(NamedTuple):
@@ -53,6 +67,8 @@ class SignalingService:
         self.auth_error = auth_error
         self.rooms: dict[str, Room] = {}
         self.sessions: set[Session] = set()
+        self.controls: dict[str, MeetingControl] = {}  # meeting id -> chair state
+        self.chair = Chair(self)
 
     def admit(self, token: str) -> Union[tuple[Any, Any], Refusal]:
         """Verify a join token and find its meeting; a refusal is (code, message, close code)."""
@@ -70,14 +86,47 @@ class SignalingService:
             return Refusal("meeting_ended", "this meeting has ended", CLOSE_NOT_FOUND)
         if claims.role == "site" and not self.storage.site_may_join(claims.meeting_id, claims.site_id):
             return Refusal("not_invited", f"site {claims.site_id!r} is not on this meeting's list", CLOSE_FORBIDDEN)
+        control = self.controls.get(meeting.id)
+        if claims.role == "site" and control is not None and claims.site_id in control.removed:
+            return Refusal("removed", "the hub removed this site from the meeting; call the hub to be let back in", CLOSE_FORBIDDEN)
+        if claims.role == "site" and meeting.locked and (control is None or claims.site_id not in control.admitted):
+            return Refusal("meeting_locked", "the meeting is locked: no new sites are let in; call the hub", CLOSE_FORBIDDEN)
         return claims, meeting
+
+    def control_for(self, meeting_id: str) -> MeetingControl:
+        control = self.controls.get(meeting_id)
+        if control is None:
+            control = self.controls[meeting_id] = MeetingControl()
+        return control
 
     def room_for(self, meeting: Any) -> Room:
         room = self.rooms.get(meeting.id)
         if room is None:
-            room = Room(meeting.id, meeting.title, self.media, self.max_participants)
+            room = Room(meeting.id, meeting.title, self.media, self.max_participants, self.control_for(meeting.id))
             self.rooms[meeting.id] = room
         return room
+
+    def expected_sites(self, meeting_id: str) -> list[tuple[str, str, str | None]]:
+        """(site id, name, parent id) of the sites expected in a meeting: its invitation
+        list, or every registered district and commune when it is open to all."""
+        sites = {s.id: s for s in self.storage.list_sites()}
+        invited = self.storage.meeting_site_ids(meeting_id)
+        if invited:
+            return [(sid, sites[sid].name if sid in sites else sid, sites[sid].parent_id if sid in sites else None) for sid in invited]
+        return [(s.id, s.name, s.parent_id) for s in sites.values() if s.level != "province"]
+
+    async def end_meeting(self, meeting_id: str, by: Any = None) -> None:
+        """Mark the meeting ended, close its roll call, and send every participant away."""
+        self.storage.set_meeting_status(meeting_id, "ended")
+        self.storage.end_open_roll_calls(meeting_id)
+        self.event(meeting_id, "meeting_ended", None, {"by": by} if by else None)
+        room = self.rooms.get(meeting_id)
+        if room is not None:
+            for session in list(room.sessions.values()):
+                session.send({"type": "bye", "reason": "meeting_ended"})
+                session.close(CLOSE_NOT_FOUND, "meeting ended")
+                await session._leave()
+        self.controls.pop(meeting_id, None)
 
     def room_maybe_empty(self, room: Room) -> None:
         if room.empty and self.rooms.get(room.meeting_id) is room:
@@ -107,5 +156,4 @@ class SignalingService:
             session.send({"type": "bye", "reason": "server_shutdown"})
             session.close(1001, "server shutdown")
         for room in list(self.rooms.values()):
-            for pid in list(room.router.transports):
-                await room.router.remove_transport(pid)
+            await room.close()

@@ -20,7 +20,7 @@ from aiohttp import WSMsgType, web
 from media import OfferError
 
 from .limits import TokenBucket
-from .room import Participant, Room
+from .room import KINDS, Participant, Room
 from .schema import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, MessageError, validate
 
 if TYPE_CHECKING:
@@ -176,6 +176,7 @@ class Session:
             return
         claims, meeting = verdict
         room = svc.room_for(meeting)
+        control = room.control
         previous = room.by_site(claims.site_id)
         if previous is not None:
             previous.send({"type": "bye", "reason": "replaced"})
@@ -185,25 +186,46 @@ class Session:
             self.error("meeting_full", f"the meeting already has {room.max_participants} participants", ref=ref, fatal=True, close_code=CLOSE_CONFLICT)
             return
         name = msg.get("name") or claims.name or claims.site_id
-        self.participant = Participant(id=secrets.token_hex(8), site_id=claims.site_id, name=name, role=claims.role)
+        p = Participant(id=secrets.token_hex(8), site_id=claims.site_id, name=name, role=claims.role)
+        # The chair's decisions about this site outlive its previous connection.
+        if control.all_muted and not p.is_chair and p.site_id != control.floor:
+            control.set_muted(p.site_id, "audio", True)
+        p.chair_muted = {kind: control.is_muted(p.site_id, kind) for kind in KINDS}
+        p.hand = control.hands.get(p.site_id)
+        control.admitted.add(p.site_id)
+        self.participant = p
         self.room = room
         room.add(self)
-        svc.event(room.meeting_id, "join", claims.site_id, {"participant_id": self.participant.id, "role": claims.role})
+        svc.event(room.meeting_id, "join", claims.site_id, {"participant_id": p.id, "role": claims.role, "name": name})
         logger.info("site %s joined meeting %s as %s", claims.site_id, room.meeting_id, claims.role)
         reply = {
             "type": "joined",
             "protocol": PROTOCOL_VERSION,
-            "participant": self.participant.info(),
-            "meeting": {"id": room.meeting_id, "title": room.title},
+            "participant": p.info(),
+            "meeting": {
+                "id": room.meeting_id,
+                "title": room.title,
+                "status": meeting.status,
+                "locked": bool(meeting.locked),
+                "scheduled_at": None if meeting.scheduled_at is None else int(meeting.scheduled_at * 1000),
+            },
             "slots": {"video": svc.media.video_slots, "audio": svc.media.audio_slots},
             "participants": room.others(self),
             "ice_servers": svc.media.ice_servers,
+            "floor": room.site_ref(control.floor),
+            "spotlight": room.site_ref(control.spotlight),
+            "all_muted": control.all_muted,
+            "speaker": room.participant_ref(room.speaker) if room.speaker else None,
         }
         if ref is not None:
             reply["ref"] = ref
         self.send(reply)
+        if control.roll_call is not None:
+            self.send(svc.chair.roll_call_message(room, control, control.roll_call, self))
+            svc.chair.joined_during_roll_call(room, self)
 
     def _require_joined(self) -> None:
+        """Raise not_joined unless this connection is a participant (also after it was removed)."""
         if self.participant is None or self.room is None:
             raise MessageError("not_joined", "send a join message first")
 
@@ -228,6 +250,9 @@ class Session:
             return
         self.transport = transport
         self.negotiated = True
+        for kind, muted in p.chair_muted.items():
+            if muted:
+                self.room.router.set_muted(p.id, kind, True)  # before its first packet arrives
         p.publishing = {"audio": "audio" in transport.producers, "video": "video" in transport.producers}
         reply: dict = {"type": "answer", "sdp": answer}
         if msg.get("id") is not None:
@@ -251,7 +276,40 @@ class Session:
             reply["ref"] = msg["id"]
         self.send(reply)
 
+    async def _on_raise_hand(self, msg: dict) -> None:
+        self._require_joined()
+        assert self.room is not None and self.participant is not None
+        room, p = self.room, self.participant
+        self.service.chair.set_hand(room.meeting_id, room, room.control, p.site_id, self, msg["raised"])
+
+    async def _on_roll_call_answer(self, msg: dict) -> None:
+        self._require_joined()
+        assert self.room is not None
+        self.service.chair.answer_roll_call(self.room.meeting_id, self.room, self, msg["roll_call_id"])
+
+    async def _on_chair(self, msg: dict) -> None:
+        self._require_joined()
+        assert self.room is not None and self.participant is not None
+        if not self.participant.is_chair:
+            raise MessageError("forbidden", "only the hub or an operator can run the meeting; this link is a site's")
+        result = await self.service.chair.act(
+            self.room.meeting_id,
+            msg["action"],
+            participant_id=msg.get("participant_id"),
+            site_id=msg.get("site_id"),
+            kind=msg.get("kind"),
+            by=self.participant.site_id,
+        )
+        reply = {"type": "chair_done", **result}
+        if msg.get("id") is not None:
+            reply["ref"] = msg["id"]
+        self.send(reply)
+
     async def _on_leave(self, msg: dict) -> None:
+        if self.room is not None and self.participant is not None:
+            # leaving on purpose withdraws a request to speak (a dropped link keeps it)
+            room = self.room
+            self.service.chair.set_hand(room.meeting_id, room, room.control, self.participant.site_id, self, False)
         await self._leave()
         self.close(1000, "left")
 

@@ -154,3 +154,23 @@ def test_serve_passes_loaded_settings_to_app(tmp_path: Path, monkeypatch: pytest
     assert (s.host, s.port, s.data_dir, s.announce_ip, s.video_slots) == (
         "127.0.0.1", 0, tmp_path, "10.1.2.3", 6)
     assert s.public_url == "http://10.1.2.3:0"
+
+
+def test_sites_import_sample_and_export(tmp_path: Path) -> None:
+    r = run_cli("sites", "sample", "--data-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "164 in the registry" in r.stderr
+    out = run_cli("sites", "export", "--data-dir", str(tmp_path))
+    assert out.returncode == 0 and out.stdout.splitlines()[0] == "id,name,level,parent_id"
+    assert len(out.stdout.splitlines()) == 165
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,name,level,parent_id\nxa-x,Xã X,xã,khong-co\n", encoding="utf-8")
+    r = run_cli("sites", "import", str(bad), "--data-dir", str(tmp_path))
+    assert r.returncode == 2 and "nothing changed" in r.stderr and "line 2" in r.stderr and "Traceback" not in r.stderr
+    good = tmp_path / "good.csv"
+    good.write_text("id,name,level,parent_id\nhub,Trung tâm,province,\nd,Huyện,district,hub\n", encoding="utf-8")
+    r = run_cli("sites", "import", str(good), "--replace", "--data-dir", str(tmp_path))
+    assert r.returncode == 0 and "1 added, 1 updated, 163 removed; 2 in the registry" in r.stderr
+    r = run_cli("sites", "import", str(tmp_path / "absent.csv"), "--data-dir", str(tmp_path))
+    assert r.returncode == 2 and "does not exist" in r.stderr

@@ -179,3 +179,119 @@ def test_concurrent_reader_sees_committed_writes(tmp_path: Path) -> None:
         assert cli.get_meeting("m") is not None
         cli.add_event("m", "token_issued", site_id="s")
         assert [e.kind for e in server.list_events("m")] == ["token_issued"]
+
+
+# ---------------------------------------------------------------- schema 2: schedule, registry import, roll calls
+
+
+def test_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    from server.storage import _MIGRATIONS, _split_sql
+
+    path = tmp_path / "hoinghi.db"
+    raw = sqlite3.connect(path)
+    for statement in _split_sql(_MIGRATIONS[0]):
+        raw.execute(statement)
+    raw.execute("INSERT INTO meetings (id, title, created_at) VALUES ('old', 'Họp cũ', 1.0)")
+    raw.execute("INSERT INTO events (meeting_id, ts, kind) VALUES ('old', 2.0, 'join')")
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    with Storage(path) as s:
+        assert s.schema_version() == SCHEMA_VERSION == 2
+        m = s.get_meeting("old")
+        assert (m.title, m.scheduled_at, m.started_at, m.ended_at) == ("Họp cũ", None, None, None)
+        assert [e.kind for e in s.list_events("old")] == ["join"]
+        assert s.list_roll_calls("old") == []
+
+
+def test_schedule_status_stamps_update_delete(store: Storage) -> None:
+    m = store.create_meeting("m", "Giao ban", scheduled_at=1_900_000_000.0, duration_min=90)
+    assert (m.scheduled_at, m.duration_min, m.started_at) == (1_900_000_000.0, 90, None)
+    store.set_meeting_status("m", "live")
+    started = store.get_meeting("m").started_at
+    assert started is not None
+    store.set_meeting_status("m", "ended")
+    assert store.get_meeting("m").ended_at >= started
+    store.set_meeting_status("m", "live")  # reopened: started_at kept, ended_at cleared
+    assert store.get_meeting("m").started_at == started and store.get_meeting("m").ended_at is None
+    m = store.update_meeting("m", title="Giao ban (dời)", scheduled_at=None)
+    assert (m.title, m.scheduled_at, m.duration_min) == ("Giao ban (dời)", None, 90)
+    store.add_event("m", "join", "x")
+    store.delete_meeting("m")
+    assert store.get_meeting("m") is None and store.list_events("m") == []
+    with pytest.raises(KeyError):
+        store.delete_meeting("m")
+
+
+def test_sites_csv_import_rules(store: Storage) -> None:
+    from server.storage import SiteImportError
+
+    # any row order; Excel's BOM and semicolons; Vietnamese level names
+    counts = store.import_sites_csv("\ufeffid;name;level;parent_id\nd1.c1;Xã Một;xã;d1\nd1;Huyện Một;huyện;p\np;Tỉnh;tỉnh;\n")
+    assert counts == {"added": 3, "updated": 0, "removed": 0, "total": 3}
+    assert store.get_site("d1.c1") == Site("d1.c1", "Xã Một", "commune", "d1")
+    bad = (
+        "id,name,level,parent_id\n"
+        "Có Dấu,X,commune,d1\n"  # id with accents and capitals
+        "d1,Trùng,district,p\n"  # fine on its own...
+        "d1,Trùng lần hai,district,p\n"  # ...but used twice
+        "c9,Xã,village,d1\n"  # unknown level
+        "c8,Xã,commune,\n"  # commune without parent
+        "p2,Tỉnh,province,p\n"  # province with a parent
+        "c7,Xã,commune,nowhere\n"  # unknown parent
+        "d9,Huyện,district,d1.c1\n"  # a district under a commune
+    )
+    with pytest.raises(SiteImportError) as exc:
+        store.import_sites_csv(bad)
+    text = "\n".join(exc.value.errors)
+    for fragment in ["line 2", "line 4: id 'd1' already used on line 3", "line 5", "line 6", "line 7", "line 8: parent_id 'nowhere'", "line 9"]:
+        assert fragment in text, (fragment, text)
+    assert len(store.list_sites()) == 3  # all or nothing
+    with pytest.raises(SiteImportError, match="cannot belong"):  # so no loops either
+        store.import_sites_csv("id,name,level,parent_id\na,A,district,b\nb,B,district,a\n")
+    with pytest.raises(SiteImportError, match="missing column"):
+        store.import_sites_csv("ma,ten\n")
+    with pytest.raises(SiteImportError, match="empty"):
+        store.import_sites_csv("")
+
+    # replace: sites missing from the file go, with their invitations
+    store.create_meeting("m", "M")
+    store.set_meeting_sites("m", ["d1", "d1.c1"])
+    counts = store.import_sites_csv("id,name,level,parent_id\np,Tỉnh mới,province,\nd1,Huyện Một,district,p\n", replace=True)
+    assert counts == {"added": 0, "updated": 1, "removed": 1, "total": 2}
+    assert store.meeting_site_ids("m") == ["d1"]
+    # export reads back the same
+    assert store.sites_csv().splitlines() == ["id,name,level,parent_id", "p,Tỉnh mới,province,", "d1,Huyện Một,district,p"]
+
+
+def test_sample_registry_is_164_sites_of_one_province(store: Storage) -> None:
+    store.ensure_demo()
+    store.load_sample_sites(replace=True)
+    sites = store.list_sites()
+    by_level = {lvl: [s for s in sites if s.level == lvl] for lvl in ("province", "district", "commune")}
+    assert (len(sites), len(by_level["province"]), len(by_level["district"])) == (164, 1, 8)
+    districts = {d.id for d in by_level["district"]}
+    assert all(d.parent_id == "hub" for d in by_level["district"])
+    assert all(c.parent_id in districts for c in by_level["commune"])
+    assert store.get_site("hub").name.startswith("Trung tâm tỉnh")
+    # the demo sites do not come back once the operator has a registry
+    store.ensure_demo()
+    assert len(store.list_sites()) == 164
+
+
+def test_roll_call_attendance(store: Storage) -> None:
+    store.create_meeting("m", "M")
+    rc = store.start_roll_call("m", [("a", "Xã A", True), ("b", "Xã B", True), ("c", "Xã C", False)], started_by="hub")
+    assert rc.active and rc.started_by == "hub"
+    assert store.answer_roll_call(rc.id, "a", "Xã A") is True
+    assert store.answer_roll_call(rc.id, "a", "Xã A") is False  # once
+    store.mark_roll_call_connected(rc.id, "c", "Xã C")
+    assert store.answer_roll_call(rc.id, "d", "Xã D (not expected)") is True
+    ended = store.end_roll_call(rc.id)
+    assert not ended.active and ended.ended_at >= rc.started_at
+    assert store.answer_roll_call(rc.id, "b", "Xã B") is False  # too late
+    assert {a.site_id: a.status for a in store.attendance(rc.id)} == {
+        "a": "present", "b": "no_answer", "c": "no_answer", "d": "present"}
+    rc2 = store.start_roll_call("m", [])
+    store.end_open_roll_calls("m")
+    assert [r.active for r in store.list_roll_calls("m")] == [False, False] and rc2.id != rc.id

@@ -9,6 +9,7 @@
 //   "notice"        a non-fatal server error, detail = {code, message, ref}
 //   "rtt"           a new round-trip time measurement (this.rtt, ms)
 //   "control"       floor / spotlight / lock / meeting status / mute-all changed (this.control)
+//   "speaker"       the server's dominant speaker changed (this.control.speaker)
 //   "hand"          a request to speak was raised or lowered, detail = the `hand` message
 //   "chair_muted"   the chair muted or unmuted this site, detail = {kind, muted}
 //   "roll_call"     a roll call opened, changed or closed (this.rollCall)
@@ -198,7 +199,7 @@ export class Conference extends EventTarget {
     /** The chair's mutes of this site (server-enforced; the page shows them and keeps the track off). */
     this.chairMuted = { audio: false, video: false };
     /** Meeting-wide state set by the chair: floor and spotlight are {participant_id, site_id, name} or null. */
-    this.control = { floor: null, spotlight: null, locked: false, status: null, allMuted: false };
+    this.control = { floor: null, spotlight: null, locked: false, status: null, allMuted: false, speaker: null };
     /** The open (or last) roll call as the server describes it, or null. */
     this.rollCall = null;
     /** This site's own link figures (`link_stats.self`), and everyone's for a chair (by participant id). */
@@ -550,6 +551,10 @@ export class Conference extends EventTarget {
         this._emit("control");
         this._emit("slots"); // which slot is shown large follows the floor
         break;
+      case "speaker":
+        this.control.speaker = msg.participant_id ? { participant_id: msg.participant_id, site_id: msg.site_id, name: msg.name } : null;
+        this._emit("speaker");
+        break;
       case "meeting_locked":
         this.control.locked = !!msg.locked;
         this._emit("control");
@@ -598,6 +603,7 @@ export class Conference extends EventTarget {
       locked: !!msg.meeting?.locked,
       status: msg.meeting?.status ?? null,
       allMuted: !!msg.all_muted,
+      speaker: msg.speaker || null,
     };
     this._syncChairMuted(this.self?.chair_muted);
     this._emit("control");

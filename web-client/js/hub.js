@@ -1,4 +1,5 @@
-// Hub console (provincial hub): the same media as a site, plus the live roster table.
+// Hub console (provincial hub): the site page's media plus the chair's tools.
 import { startPage } from "./ui.js";
+import { HubConsole } from "./console.js";
 
-startPage("hub");
+startPage("hub", HubConsole);

@@ -1,16 +1,24 @@
 // Page controller shared by the site page and the hub console: status line, notices,
-// error/leave overlay, video stage (floor + thumbnails), hidden audio players, own
-// preview, roster, and the control buttons. The pages differ only in their markup
-// (the hub has a roster table) and in startPage("site"|"hub").
+// error/leave overlay, video stage (the floor large + thumbnails, who is speaking), hidden
+// audio players, own preview, roster, connection indicator, and the control buttons.
+// The site page adds the pre-join check, the request to speak and the roll-call prompt;
+// the hub console (console.js) extends PageApp with the chair's tools.
 
 import { t, applyI18n, bindLangButtons, onLangChange, getLang, formatTime, hasKey } from "./i18n.js";
 import { Conference, readToken, decodeClaims, FINAL_ERRORS } from "./conference.js";
 import { getLocalMedia, stopStream } from "./media.js";
 import { icon } from "./icons.js";
+import { CheckPanel, recentCheck, formatRate } from "./check.js";
 
-const $ = (sel) => document.querySelector(sel);
+export const $ = (sel) => document.querySelector(sel);
 
-function el(tag, cls, text) {
+const SPEAKING_POLL_MS = 300;
+const SPEAKING_LEVEL = 0.02; // audioLevel (0..1, linear) above which a site counts as speaking
+const SPEAKING_HOLD_MS = 900; // keep the mark this long after the last loud sample
+const CHECK_COUNTDOWN_S = 15; // after a check that found problems, join anyway after this
+const SKIP_CHECK_KEY = "hoinghi.precheck"; // localStorage: "off" = join without the check
+
+export function el(tag, cls, text) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
   if (text != null) e.textContent = text;
@@ -62,8 +70,26 @@ class VideoTile {
     this.muted = el("span", "badge badge-muted");
     this.muted.hidden = true;
     this.muted.append(icon("mic", { slashed: true }), el("span"));
-    this.caption.append(this.name, this.muted);
-    this.root.append(this.video, this.off, this.caption);
+    this.speaking = el("span", "badge badge-speaking");
+    this.speaking.hidden = true;
+    this.speaking.append(icon("sound"), el("span"));
+    this.caption.append(this.name, this.speaking, this.muted);
+    this.role = el("div", "tile-role");
+    this.role.hidden = true;
+    this.root.append(this.video, this.off, this.role, this.caption);
+  }
+
+  /** Badges: floor ("speaking by the chair's leave") / spotlight, and live voice activity. */
+  mark({ floor = false, spotlight = false, speaking = false } = {}) {
+    this.root.classList.toggle("is-floor", floor);
+    this.root.classList.toggle("is-spotlight", spotlight);
+    this.root.classList.toggle("is-speaking", speaking);
+    this.role.hidden = !floor && !spotlight;
+    this.role.textContent = "";
+    if (spotlight) this.role.append(icon("pin"), el("span", null, t("stage.spotlight")));
+    else if (floor) this.role.append(icon("floor"), el("span", null, t("stage.floor")));
+    this.speaking.hidden = !speaking;
+    this.speaking.lastChild.textContent = t("stage.speaking");
   }
 
   show(slot, participant) {
@@ -81,9 +107,10 @@ class VideoTile {
     if (camOff) {
       this.off.append(icon("cam", { slashed: true }), el("span", "tile-off-name", name), el("span", "tile-off-text", t("stage.cam_off")));
     }
-    const micOff = participant ? participant.audio === false || participant.publishing?.audio === false : false;
+    const chairMuted = !!participant?.chair_muted?.audio;
+    const micOff = participant ? chairMuted || participant.audio === false || participant.publishing?.audio === false : false;
     this.muted.hidden = !micOff;
-    this.muted.lastChild.textContent = t("stage.muted");
+    this.muted.lastChild.textContent = chairMuted ? t("stage.chair_muted") : t("stage.muted");
   }
 
   hide() {
@@ -99,9 +126,12 @@ class VideoTile {
   }
 }
 
-class PageApp {
+export class PageApp {
   constructor(page) {
     this.page = page;
+    this.speaking = new Map(); // participant id -> time last heard loud
+    this.checkSummary = null; // the pre-join link check's result
+    this.prejoin = null; // {panel, timer, left} while the pre-join step is on screen
     this.conf = null;
     this.localStream = null;
     this.preState = "connecting"; // state before the Conference exists
@@ -143,7 +173,13 @@ class PageApp {
       btnCam: $("#btn-cam"),
       btnLeave: $("#btn-leave"),
       btnFullscreen: $("#btn-fullscreen"),
+      btnHand: $("#btn-hand"),
       audioSinks: $("#audio-sinks"),
+      stageStatus: $("#stage-status"),
+      rollcall: $("#rollcall"),
+      linkPanel: $("#link-panel"),
+      prejoin: $("#prejoin"),
+      selfBadge: $("#self-badge"),
     };
     this._exposeForTests();
   }
@@ -186,6 +222,24 @@ class PageApp {
       get conference() {
         return app.conf;
       },
+      get control() {
+        return app.conf?.control ?? null;
+      },
+      get rollCall() {
+        return app.conf?.rollCall ?? null;
+      },
+      get linkStats() {
+        return app.conf?.linkStats ?? null;
+      },
+      get speaking() {
+        return [...app.speaking.keys()];
+      },
+      get check() {
+        return app.checkSummary;
+      },
+      get prejoin() {
+        return !!app.prejoin;
+      },
     };
   }
 
@@ -215,17 +269,33 @@ class PageApp {
     for (const n of notices) this.addNotice(n.key, n.params);
     this.e.selfVideo.srcObject = stream && stream.getVideoTracks().length ? stream : null;
 
+    if (this.page === "site" && this.e.prejoin) {
+      const go = await this.runPrejoin(stream, notices);
+      if (!go) return;
+    }
+
     this.conf = new Conference({ token: this.token, lang: getLang(), localStream: stream });
     const c = this.conf;
     c.addEventListener("state", () => this.onState());
     c.addEventListener("participants", () => {
       this.renderRoster();
       this.renderIdentity();
+      this.renderControls();
+      this.renderSelf();
     });
     c.addEventListener("slots", () => this.renderStage());
     c.addEventListener("transceivers", () => this.rebuildMedia());
     c.addEventListener("rtt", () => this.renderStatus());
     c.addEventListener("notice", (ev) => this.addNotice("server_error", { code: ev.detail.code }, `server_${ev.detail.code}`));
+    c.addEventListener("control", () => this.onControl());
+    c.addEventListener("hand", (ev) => this.onHand(ev.detail));
+    c.addEventListener("chair_muted", (ev) => this.onChairMuted(ev.detail));
+    c.addEventListener("roll_call", () => this.renderRollCall());
+    c.addEventListener("link_stats", () => this.renderLink());
+    c.addEventListener("media", () => {
+      this.renderStageStatus();
+      this.renderLink();
+    });
     window.addEventListener("pagehide", () => {
       if (this.conf && this.conf.state !== "left" && this.conf.state !== "error") this.conf.leave();
     });
@@ -234,6 +304,93 @@ class PageApp {
     });
     c.start();
     this.renderAll();
+    setInterval(() => this.pollSpeaking(), SPEAKING_POLL_MS);
+  }
+
+  // ----- pre-join check (site page) -------------------------------------------------------
+
+  /**
+   * Camera, microphone and link check before joining. Joins by itself when everything is
+   * fine; otherwise waits CHECK_COUNTDOWN_S (the operator may fix something, or press
+   * "join now"), then joins anyway: a site with a weak link still belongs in the meeting.
+   * Resolves false if the page was left meanwhile.
+   */
+  async runPrejoin(stream, notices) {
+    const box = this.e.prejoin;
+    const skip = (() => {
+      try {
+        return localStorage.getItem(SKIP_CHECK_KEY) === "off";
+      } catch {
+        return false;
+      }
+    })();
+    const earlier = recentCheck();
+    if (skip || earlier) {
+      this.checkSummary = earlier;
+      return true;
+    }
+    this.phase = "check";
+    box.hidden = false;
+    const panel = new CheckPanel($("#prejoin-check"), { stream, notices, preview: false });
+    const state = { panel, timer: null, left: null, resolve: null };
+    this.prejoin = state;
+    const skipBox = $("#skip-check");
+    skipBox.checked = false;
+    skipBox.onchange = () => {
+      try {
+        localStorage.setItem(SKIP_CHECK_KEY, skipBox.checked ? "off" : "on");
+      } catch {
+        /* not remembered */
+      }
+    };
+    const done = new Promise((resolve) => (state.resolve = resolve));
+    $("#btn-join-now").onclick = () => state.resolve(true);
+    $("#btn-wait").onclick = () => {
+      clearInterval(state.timer);
+      state.timer = null;
+      state.left = null;
+      this.renderPrejoin();
+    };
+    this.renderPrejoin();
+    this.renderStatus();
+    panel.run().then((summary) => {
+      this.checkSummary = summary;
+      const fine = summary.camera && summary.mic && ["hd", "sd"].includes(summary.level);
+      if (fine) {
+        state.resolve(true);
+        return;
+      }
+      state.left = CHECK_COUNTDOWN_S;
+      state.timer = setInterval(() => {
+        state.left -= 1;
+        if (state.left <= 0) state.resolve(true);
+        this.renderPrejoin();
+      }, 1000);
+      this.renderPrejoin();
+    });
+    const go = await done;
+    clearInterval(state.timer);
+    panel.dispose();
+    this.prejoin = null;
+    box.hidden = true;
+    this.phase = "media";
+    if (this.preState === "left") return false;
+    if (!this.checkSummary && panel.result.verdict) this.checkSummary = panel.result;
+    return go;
+  }
+
+  renderPrejoin() {
+    const st = this.prejoin;
+    if (!st) return;
+    $("#prejoin-title").textContent = t("prejoin.title");
+    $("#prejoin-text").textContent = st.panel.phase === "done" ? (st.left != null ? t("prejoin.countdown", { s: st.left }) : t("prejoin.waiting")) : t("prejoin.text");
+    const now = $("#btn-join-now");
+    now.textContent = "";
+    now.append(icon("rejoin"), el("span", null, t("btn.join_now")));
+    const wait = $("#btn-wait");
+    wait.hidden = st.left == null;
+    wait.textContent = t("prejoin.wait");
+    $("#skip-check-label").textContent = t("prejoin.skip");
   }
 
   failEarly(code) {
@@ -276,8 +433,14 @@ class PageApp {
       else {
         this.preState = "left";
         stopStream(this.localStream);
+        this.prejoin?.resolve(false);
         this.renderAll();
       }
+    });
+    this.e.btnHand?.addEventListener("click", () => {
+      const c = this.conf;
+      if (!c) return;
+      c.raiseHand(!c.handRaised);
     });
     this.e.btnFullscreen.addEventListener("click", () => {
       const floor = this.e.floor;
@@ -292,6 +455,109 @@ class PageApp {
     setInterval(() => {
       if (this.state === "reconnecting") this.renderStatus();
     }, 1000);
+  }
+
+  // ----- the chair's decisions -------------------------------------------------------------
+
+  onControl() {
+    const c = this.conf;
+    const floor = c.control.floor;
+    const mine = floor && c.self && floor.site_id === c.self.site_id;
+    if (mine && !this._hadFloor) this.addNotice("floor_given", {}, "floor");
+    if (!mine && this._hadFloor) {
+      this.removeNotice("floor");
+      this.addNotice("floor_ended", {}, "floor");
+    }
+    this._hadFloor = !!mine;
+    if (c.control.locked) this.addNotice("locked", {}, "locked");
+    else this.removeNotice("locked");
+    this.renderStage();
+    this.renderSelf();
+    this.renderRoster();
+    this.renderIdentity();
+    this.renderLink(); // "large video" follows the floor
+  }
+
+  onHand() {
+    // participant_updated carries the same state; this message only makes it instant
+    this.renderControls();
+    this.renderRoster();
+  }
+
+  onChairMuted({ kind, muted }) {
+    this.addNotice(`chair_${muted ? "muted" : "unmuted"}_${kind}`, {}, `chair_${kind}`);
+    this.renderControls();
+    this.renderSelf();
+  }
+
+  renderRollCall() {
+    const box = this.e.rollcall;
+    if (!box) return;
+    const rc = this.conf?.rollCall;
+    box.textContent = "";
+    const show = rc && rc.active && this.page === "site";
+    box.hidden = !show;
+    if (!show) return;
+    box.dataset.answered = String(!!rc.answered);
+    box.append(el("h2", null, t("rollcall.title")));
+    if (rc.answered) {
+      box.append(el("p", "rollcall-done", t("rollcall.done")));
+      return;
+    }
+    box.append(el("p", null, t("rollcall.text")));
+    const b = el("button", "btn btn-primary btn-huge");
+    b.type = "button";
+    b.id = "btn-present";
+    b.append(icon("check"), el("span", null, t("rollcall.present")));
+    b.addEventListener("click", () => {
+      b.disabled = true;
+      this.conf?.answerRollCall();
+    });
+    box.append(b);
+  }
+
+  // ----- who is speaking ------------------------------------------------------------------
+
+  /** Voice activity of each audio slot, from the level the browser measures on it. */
+  async pollSpeaking() {
+    const c = this.conf;
+    if (!c || !c.pc || document.hidden) return;
+    const now = performance.now();
+    for (const slot of c.slots.audio) {
+      if (!slot.participant_id) continue;
+      const tr = c.transceiverForSlot("audio", slot);
+      if (!tr) continue;
+      let level = null;
+      try {
+        const sources = tr.receiver.getSynchronizationSources?.() || [];
+        if (sources.length && sources[0].audioLevel != null) level = sources[0].audioLevel;
+        if (level == null) {
+          (await tr.receiver.getStats()).forEach((r) => {
+            if (r.type === "inbound-rtp" && r.audioLevel != null) level = r.audioLevel;
+          });
+        }
+      } catch {
+        continue;
+      }
+      if (level != null && level > SPEAKING_LEVEL) this.speaking.set(slot.participant_id, now);
+    }
+    let changed = false;
+    for (const [pid, at] of this.speaking) {
+      if (now - at > SPEAKING_HOLD_MS || !c.slots.audio.some((s) => s.participant_id === pid)) {
+        this.speaking.delete(pid);
+        changed = true;
+      }
+    }
+    const key = [...this.speaking.keys()].sort().join(",");
+    if (key !== this._speakingKey || changed) {
+      this._speakingKey = key;
+      this.markTiles();
+      this.renderRoster();
+    }
+  }
+
+  isSpeaking(participantId) {
+    return this.speaking.has(participantId);
   }
 
   // ----- media ------------------------------------------------------------------------
@@ -382,6 +648,10 @@ class PageApp {
     this.renderSelf();
     this.renderRoster();
     this.renderControls();
+    this.renderRollCall();
+    this.renderLink();
+    this.renderStageStatus();
+    this.renderPrejoin();
   }
 
   renderStatus() {
@@ -392,7 +662,15 @@ class PageApp {
     let showRetry = false;
     switch (s) {
       case "connecting":
-        text = !c ? (this.phase === "media" ? t("status.media") : t("status.connecting")) : c.phase === "joining" ? t("status.joining") : t("status.connecting");
+        text = !c
+          ? this.phase === "check"
+            ? t("status.check")
+            : this.phase === "media"
+              ? t("status.media")
+              : t("status.connecting")
+          : c.phase === "joining"
+            ? t("status.joining")
+            : t("status.connecting");
         break;
       case "joined":
         text = t("status.joined");
@@ -488,18 +766,32 @@ class PageApp {
     }
   }
 
+  /** Site shown large: the spotlight, else the floor; null = the first filled slot, which
+   *  the server keeps for the stage (the latest dominant speaker, else the hub). */
+  bigSiteId() {
+    const c = this.conf;
+    return c?.control.spotlight?.site_id || c?.control.floor?.site_id || null;
+  }
+
   renderStage() {
     const c = this.conf;
     const slots = c ? c.slots.video.filter((s) => s && s.participant_id).sort((a, b) => a.index - b.index) : [];
+    // The floor's (or spotlight's) slot is shown large wherever the server put it.
+    const big = this.bigSiteId();
+    const bigAt = big ? slots.findIndex((s) => s.site_id === big) : -1;
+    if (bigAt > 0) slots.unshift(...slots.splice(bigAt, 1));
     const shown = [];
+    this.tileSlots = new Map();
     for (const slot of slots) {
       const tr = c.transceiverForSlot("video", slot);
       const tile = tr && this.tiles.get(tr);
       if (!tile || shown.includes(tile)) continue;
       tile.show(slot, c.participantForSlot(slot));
+      this.tileSlots.set(tile, slot);
       shown.push(tile);
     }
     for (const tile of this.tiles.values()) if (!shown.includes(tile)) tile.hide();
+    this.markTiles();
 
     const [floorTile, ...thumbTiles] = shown;
     const moved = [];
@@ -535,6 +827,130 @@ class PageApp {
     this.e.floor.classList.toggle("has-video", !!floorTile);
   }
 
+  markTiles() {
+    const c = this.conf;
+    if (!c || !this.tileSlots) return;
+    for (const [tile, slot] of this.tileSlots) {
+      tile.mark({
+        floor: !!c.control.floor && slot.site_id === c.control.floor.site_id,
+        spotlight: !!c.control.spotlight && slot.site_id === c.control.spotlight.site_id,
+        speaking: this.isSpeaking(slot.participant_id),
+      });
+    }
+  }
+
+  /** Over the stage while media is not flowing: reconnecting, or the line is hiccuping. */
+  renderStageStatus() {
+    const box = this.e.stageStatus;
+    if (!box) return;
+    const c = this.conf;
+    let text = null;
+    if (c && c.state === "reconnecting") {
+      const reason = c.reconnectReason;
+      text = t("stage.reconnecting", { n: c.attempt }) + (reason && hasKey(`reason.${reason}`) ? ` ${t(`reason.${reason}`)}` : "");
+    } else if (c && c.state === "connected" && c.mediaState === "disconnected") {
+      text = t("stage.media_hiccup");
+    }
+    box.hidden = !text;
+    box.textContent = text || "";
+  }
+
+  // ----- connection indicator -------------------------------------------------------------
+
+  /** Quality in plain words from what the server measured: good / fair / poor / unknown. */
+  static linkQuality(s) {
+    if (!s || !s.media) return "unknown";
+    const rtt = s.rtt_ms;
+    const loss = Math.max(s.loss_out || 0, s.loss_in || 0);
+    if ((rtt != null && rtt > 400) || loss > 0.08) return "poor";
+    if ((rtt != null && rtt > 150) || loss > 0.02) return "fair";
+    return "good";
+  }
+
+  renderLink() {
+    const box = this.e.linkPanel;
+    if (!box) return;
+    const c = this.conf;
+    const s = c?.linkStats;
+    box.textContent = "";
+    const head = el("div", "link-head");
+    head.append(el("h2", "link-title", t("link.title")));
+    let quality = PageApp.linkQuality(s);
+    if (c?.state === "reconnecting") quality = "down";
+    head.append(el("span", `link-pill link-${quality}`, t(`link.q.${quality}`)));
+    box.dataset.quality = quality;
+    box.append(head);
+    const dl = el("dl", "link-facts");
+    const row = (key, value, cls = null) => {
+      if (value == null || value === "") return;
+      const dt = el("dt", null, t(`link.${key}`));
+      const dd = el("dd", cls, value);
+      dt.dataset.fact = dd.dataset.fact = key;
+      dl.append(dt, dd);
+    };
+    if (c?.state === "reconnecting") {
+      row("state", t("status.reconnecting_now", { n: c.attempt }));
+    } else if (!s || !s.media) {
+      row("state", c?.state === "connected" ? t("link.measuring") : t("link.not_yet"));
+    } else {
+      row("rtt_loss", `${s.rtt_ms != null ? `${Math.round(s.rtt_ms)} ms` : "—"} · ${pctText(s.loss_out)}`);
+      if (s.bitrate_out != null) row("receive", formatRate(s.bitrate_out) + (s.estimated_bps ? ` / ${t("link.of_estimate", { rate: formatRate(s.estimated_bps) })}` : ""));
+      const videos = (s.receiving || []).filter((r) => r.kind === "video");
+      const big = this.bigReceiving(videos);
+      if (big) {
+        const parts = [big.name || big.site_id || ""];
+        if (this._bigFrame) parts.push(this._bigFrame);
+        if (big.layer != null) parts.push(t("link.layer", { n: big.layer + 1, of: big.layers || "?" }));
+        if (big.bitrate != null) parts.push(formatRate(big.bitrate));
+        row("big", parts.filter(Boolean).join(" · "));
+        if (big.reason) row("why", reasonText(big.reason), `reason reason-${big.reason}`);
+      }
+      const thumbs = videos.filter((r) => r !== big);
+      if (thumbs.length) {
+        const layers = [...new Set(thumbs.map((r) => (r.layer != null ? r.layer + 1 : null)).filter((x) => x != null))];
+        const why = [...new Set(thumbs.map((r) => r.reason).filter((r) => r && r !== "ok"))];
+        row("thumbs_label", t("link.thumbs", { n: thumbs.length, layers: layers.join(", ") || "—" }) + (why.length ? ` — ${why.map(reasonText).join("; ")}` : ""));
+      }
+      const sending = s.sending?.video;
+      if (sending) {
+        const active = (sending.layers || []).filter((l) => l.active);
+        const rate = active.reduce((a, l) => a + (l.bitrate || 0), 0);
+        row("send_label", sending.muted ? t("link.send_muted") : t("link.send", { rate: formatRate(rate), n: active.length }));
+      }
+    }
+    if (this.checkSummary?.level) row("check", t(`check.q.${this.checkSummary.level}`));
+    box.append(dl);
+    this.measureBigFrame();
+  }
+
+  /** The receive entry of the video shown large. */
+  bigReceiving(videos) {
+    const big = this.bigSiteId();
+    const byBig = big && videos.find((r) => r.site_id === big);
+    if (byBig) return byBig;
+    const slots = (this.conf?.slots.video || []).filter((x) => x.participant_id).sort((a, b) => a.index - b.index);
+    return slots.length ? videos.find((r) => r.participant_id === slots[0].participant_id) || null : null;
+  }
+
+  /** The browser's own view of the large video: decoded frame size (e.g. 1280×720). */
+  async measureBigFrame() {
+    const floorVideo = this.e.floor?.querySelector(".tile video");
+    const tr = floorVideo && [...this.tiles.keys()].find((x) => this.tiles.get(x).video === floorVideo);
+    if (!tr) {
+      this._bigFrame = null;
+      return;
+    }
+    try {
+      let size = null;
+      (await tr.receiver.getStats()).forEach((r) => {
+        if (r.type === "inbound-rtp" && r.frameWidth) size = `${r.frameWidth}×${r.frameHeight}`;
+      });
+      this._bigFrame = size;
+    } catch {
+      this._bigFrame = null;
+    }
+  }
+
   renderSelf() {
     const c = this.conf;
     const stream = this.localStream;
@@ -547,10 +963,17 @@ class PageApp {
     if (!camOn) {
       off.append(icon("cam", { slashed: true }), el("span", "tile-off-text", hasCam ? t("state.cam_off") : t("self.no_camera")));
     }
-    const micMuted = hasMic && c && !c.audioEnabled;
+    const chairMuted = !!c?.chairMuted.audio;
+    const micMuted = hasMic && c && (!c.audioEnabled || chairMuted);
     this.e.selfMic.hidden = !micMuted;
     this.e.selfMic.textContent = "";
-    if (micMuted) this.e.selfMic.append(icon("mic", { slashed: true }), el("span", null, t("state.mic_muted")));
+    if (micMuted) this.e.selfMic.append(icon("mic", { slashed: true }), el("span", null, chairMuted ? t("state.chair_muted") : t("state.mic_muted")));
+    if (this.e.selfBadge) {
+      const onFloor = !!c?.control.floor && c.self && c.control.floor.site_id === c.self.site_id;
+      this.e.selfBadge.hidden = !onFloor;
+      this.e.selfBadge.textContent = "";
+      if (onFloor) this.e.selfBadge.append(icon("floor"), el("span", null, t("self.on_floor")));
+    }
   }
 
   renderControls() {
@@ -561,19 +984,36 @@ class PageApp {
 
     const mic = this.e.btnMic;
     mic.textContent = "";
-    const micOn = !c || c.audioEnabled;
-    mic.append(icon("mic", { slashed: !hasMic || !micOn }), el("span", null, !hasMic ? t("btn.no_mic") : micOn ? t("btn.mic_off") : t("btn.mic_on")));
-    mic.disabled = !active || !hasMic;
+    const micChair = !!c?.chairMuted.audio;
+    const micOn = !c || (c.audioEnabled && !micChair);
+    const micLabel = !hasMic ? t("btn.no_mic") : micChair ? t("btn.mic_chair") : micOn ? t("btn.mic_off") : t("btn.mic_on");
+    mic.append(icon("mic", { slashed: !hasMic || !micOn }), el("span", null, micLabel));
+    mic.disabled = !active || !hasMic || micChair;
     mic.classList.toggle("is-off", hasMic && !micOn);
+    mic.classList.toggle("is-chair", micChair);
     mic.setAttribute("aria-pressed", String(hasMic && !micOn));
 
     const cam = this.e.btnCam;
     cam.textContent = "";
-    const camOn = !c || c.videoEnabled;
-    cam.append(icon("cam", { slashed: !hasCam || !camOn }), el("span", null, !hasCam ? t("btn.no_cam") : camOn ? t("btn.cam_off") : t("btn.cam_on")));
-    cam.disabled = !active || !hasCam;
+    const camChair = !!c?.chairMuted.video;
+    const camOn = !c || (c.videoEnabled && !camChair);
+    const camLabel = !hasCam ? t("btn.no_cam") : camChair ? t("btn.cam_chair") : camOn ? t("btn.cam_off") : t("btn.cam_on");
+    cam.append(icon("cam", { slashed: !hasCam || !camOn }), el("span", null, camLabel));
+    cam.disabled = !active || !hasCam || camChair;
     cam.classList.toggle("is-off", hasCam && !camOn);
+    cam.classList.toggle("is-chair", camChair);
     cam.setAttribute("aria-pressed", String(hasCam && !camOn));
+
+    const hand = this.e.btnHand;
+    if (hand) {
+      const raised = !!c?.handRaised;
+      const onFloor = !!c?.control.floor && c.self && c.control.floor.site_id === c.self.site_id;
+      hand.textContent = "";
+      hand.append(icon(onFloor ? "floor" : "hand"), el("span", null, onFloor ? t("btn.on_floor") : raised ? t("btn.hand_down") : t("btn.hand_up")));
+      hand.disabled = !active || !c?.self || onFloor;
+      hand.classList.toggle("is-raised", raised);
+      hand.setAttribute("aria-pressed", String(raised));
+    }
 
     const fs = this.e.btnFullscreen;
     fs.textContent = "";
@@ -595,7 +1035,7 @@ class PageApp {
     );
     const list = others.map((p) => ({ p, self: false, seen: c.seen.get(p.site_id) }));
     if (c.self && (c.state === "joined" || c.state === "connected" || c.state === "reconnecting")) {
-      list.unshift({ p: { ...c.self, audio: c.hasMic && c.audioEnabled, video: c.hasCamera && c.videoEnabled }, self: true, seen: null });
+      list.unshift({ p: { ...c.self, audio: c.audioOn, video: c.videoOn }, self: true, seen: null });
     }
     return list;
   }
@@ -639,10 +1079,14 @@ class PageApp {
       for (const { p, self } of entries) {
         const li = el("li", self ? "is-self" : null);
         li.dataset.siteId = p.site_id;
+        li.classList.toggle("is-speaking", this.isSpeaking(p.id));
         const name = el("span", "roster-name", p.name || p.site_id);
         if (self) name.append(el("span", "you", ` ${t("roster.you")}`));
         const flags = el("span", "roster-flags");
-        flags.append(this._flagIcon("mic", p.audio, p.publishing?.audio), this._flagIcon("cam", p.video, p.publishing?.video));
+        const floorSite = this.conf?.control.floor?.site_id;
+        if (floorSite && floorSite === p.site_id) flags.append(this._badgeIcon("floor", t("stage.floor")));
+        if (p.hand) flags.append(this._badgeIcon("hand", t("roster.hand")));
+        flags.append(this._flagIcon("mic", p.audio && !p.chair_muted?.audio, p.publishing?.audio), this._flagIcon("cam", p.video && !p.chair_muted?.video, p.publishing?.video));
         li.append(name, flags);
         ul.append(li);
       }
@@ -656,6 +1100,15 @@ class PageApp {
     span.append(icon(kind, { slashed: state !== "on" }), el("span", null, t(`roster.${state}`)));
     td.append(span);
     return td;
+  }
+
+  _badgeIcon(name, label) {
+    const s = el("span", `flag flag-${name}`);
+    s.title = label;
+    s.setAttribute("aria-label", label);
+    s.setAttribute("role", "img");
+    s.append(icon(name));
+    return s;
   }
 
   _flagIcon(kind, on, publishing) {
@@ -709,8 +1162,18 @@ class PageApp {
   }
 }
 
-export function startPage(page) {
-  const app = new PageApp(page);
+function pctText(x) {
+  if (x == null) return "—";
+  return `${t("link.loss")} ${(x * 100).toLocaleString(getLang() === "vi" ? "vi-VN" : "en-GB", { maximumFractionDigits: 1 })} %`;
+}
+
+/** Plain words for why the server sends this layer (allocator reasons or our own). */
+export function reasonText(reason) {
+  return hasKey(`reason.layer.${reason}`) ? t(`reason.layer.${reason}`) : reason;
+}
+
+export function startPage(page, AppClass = PageApp) {
+  const app = new AppClass(page);
   app.start().catch((err) => {
     console.error("hoinghi: page failed to start", err);
     app.failEarly("page_failed");
