@@ -188,9 +188,9 @@ class StreamAllocator:
         step = max(150_000.0, 1.3 * UPGRADE_MARGIN * self.next_step_bps)
         target = min(self.desired_bps * UPGRADE_MARGIN * 1.2, est.estimate * UPGRADE_MARGIN + step)
         if self.ceiling:
-            # the last probe failed at about this rate: probe just above it, so a link that
+            # the last probe failed at about this rate: probe 10 % above it, so a link that
             # is still capped loses nothing, and a lifted cap is still found (then climb)
-            target = min(target, max(self.ceiling, est.estimate) * 1.3)
+            target = min(target, max(self.ceiling, est.estimate) * 1.1)
         if target <= est.estimate * 1.05:
             return
         self.last_probe = now
@@ -264,9 +264,10 @@ class StreamAllocator:
         send_rate = sum(z for _, z, _ in got[:-1]) * 8 / send_span
         recv_rate = sum(z for _, z, _ in got[1:]) * 8 / recv_span
         rate = min(send_rate, recv_rate) if recv_rate >= 0.9 * send_rate else 0.95 * recv_rate
-        self.transport.estimator.on_probe(ProbeResult(rate, expected, len(got)), now)
+        reached = rate >= 0.9 * pr["target"]
+        self.transport.estimator.on_probe(ProbeResult(rate, expected, len(got)), now, reached)
         self.last_probe_result = (round(rate), round(pr["target"]), expected, len(got))
-        if rate >= 0.9 * pr["target"]:
+        if reached:
             self.ceiling = 0.0
             self.probe_successes += 1
             self.probe_wait = 0.5  # still short of what the site should get: probe again soon

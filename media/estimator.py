@@ -115,11 +115,12 @@ class BandwidthEstimator:
         self._gcc.rate_control.set_estimate(int(bps), int(now * 1000))
         self.delay_bps = float(bps)
 
-    def on_probe(self, result: ProbeResult, now: float) -> None:
-        """A probe's received rate is a measurement of the link, loss during it included
-        (on a capped link the probe itself overflows the queue): take it if it is higher."""
+    def on_probe(self, result: ProbeResult, now: float, reached: bool = True) -> None:
+        """A probe that reached its target measured the link: take its rate if higher. One
+        that fell short only says the link is near that rate; a short cluster through a
+        token bucket even overstates it (the bucket's burst), so it never raises the estimate."""
         self.probed = True
-        if result.bitrate > self.estimate:
+        if reached and result.bitrate > self.estimate:
             self._gcc.rate_control.set_estimate(int(result.bitrate), int(now * 1000))
             self.delay_bps = result.bitrate
             self.loss_bps = max(self.loss_bps, result.bitrate)

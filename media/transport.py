@@ -494,7 +494,7 @@ class WebRtcTransport:
 
     # ---------------------------------------------------------------- pacing
 
-    PACE_FACTOR = 1.5  # pace at 1.5x the estimate: a keyframe burst must not overflow a
+    PACE_FACTOR = 1.25  # pace at 1.25x the estimate: a keyframe burst must not overflow a
     PACE_BURST_S = 0.02  # shallow bottleneck queue (tbf drops beyond ~100 ms of data)
     PACE_MAX_QUEUE_S = 1.0
 
@@ -616,6 +616,15 @@ class WebRtcTransport:
                 self.send_reports(now)
                 self.send_rate(now)
                 self.allocator.run(now)
+                if logger.isEnabledFor(logging.DEBUG) and self.estimator.mode != "none":
+                    e, a = self.estimator, self.allocator
+                    logger.debug(
+                        "downlink %s: est %.0f (delay %.0f loss-based %.0f) loss %.3f overuse %s send %.0f "
+                        "layers %s probes %d/%d last %s pace-q %d dropped %d",
+                        self.participant_id, e.estimate, e.delay_bps, e.loss_bps, e.loss, e.overusing,
+                        self._send_bps, [c.layer if not c.paused else -1 for c in self.consumers["video"] if c.producer],
+                        a.probe_successes, a.probes, a.last_probe_result, len(self._pace_queue), self.pace_dropped,
+                    )
         except asyncio.CancelledError:
             pass
 

@@ -119,7 +119,7 @@ async def test_chromium_receiver_behind_tc_tbf(shaped_link, tmp_path):
     server = subprocess.Popen(
         ["ip", "netns", "exec", shaped_link["srv"], sys.executable, "-m", "server.cli", "serve",
          "--host", SRV_IP, "--port", str(port), "--data-dir", str(data), "--announce-ip", SRV_IP],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HOINGHI_LOG_LEVEL": "debug"},
     )
     url = f"http://{SRV_IP}:{port}"
     try:
