@@ -16,6 +16,7 @@ import { formatRate } from "./check.js";
 
 const REGISTRY_REFRESH_MS = 60_000;
 const LOG_POLL_MS = 3_000;
+const REC_POLL_MS = 15_000; // another console (an operator) may start or stop a recording
 
 /** Case- and accent-insensitive text for searching Vietnamese names. */
 function fold(s) {
@@ -53,6 +54,29 @@ function formatWhen(ms) {
     hour: "2-digit",
     minute: "2-digit",
   });
+}
+
+/** 75 -> "01:15", 3725 -> "1:02:05". */
+function formatDuration(s) {
+  if (s == null || !Number.isFinite(s)) return "—";
+  s = Math.max(0, Math.floor(s));
+  const pad = (n) => String(n).padStart(2, "0");
+  const h = Math.floor(s / 3600);
+  const mm = pad(Math.floor((s % 3600) / 60));
+  return h ? `${h}:${mm}:${pad(s % 60)}` : `${mm}:${pad(s % 60)}`;
+}
+
+/** 1536000 -> "1,5 MB" (vi) / "1.5 MB" (en). */
+function formatBytes(n) {
+  const loc = getLang() === "vi" ? "vi-VN" : "en-GB";
+  const units = ["B", "kB", "MB", "GB"];
+  let i = 0;
+  let x = Number(n) || 0;
+  while (x >= 1000 && i < units.length - 1) {
+    x /= 1000;
+    i++;
+  }
+  return `${x.toLocaleString(loc, { maximumFractionDigits: i >= 2 ? 1 : 0 })} ${units[i]}`;
 }
 
 /** One row of the live roster; kept across renders so buttons survive statistics updates. */
@@ -212,6 +236,9 @@ export class HubConsole extends PageApp {
     this.logRows = [];
     this.editing = null; // meeting id in the editor, or null for a new one
     this.meetings = [];
+    // recordings of this meeting: the list from the server, the one running (stopped_at null),
+    // and where its elapsed time stood when last read (server seconds + this page's clock)
+    this.rec = { list: [], running: null, base: null, busy: false, loaded: false };
     this.c = {
       tabs: [...document.querySelectorAll(".tabs [data-tab]")],
       views: { live: $("#view-live"), meetings: $("#view-meetings"), sites: $("#view-sites"), log: $("#view-log") },
@@ -225,6 +252,8 @@ export class HubConsole extends PageApp {
       lock: $("#btn-lock"),
       rollcall: $("#btn-rollcall"),
       end: $("#btn-end"),
+      record: $("#btn-record"),
+      recIndicator: $("#rec-indicator"),
     };
   }
 
@@ -253,9 +282,19 @@ export class HubConsole extends PageApp {
       }, 10_000);
     });
     this.conf.addEventListener("state", () => {
-      if (this.conf.state === "joined") this.loadRegistry();
+      if (this.conf.state === "joined") {
+        this.loadRegistry();
+        this.loadRecordings();
+      }
     });
+    this.loadRecordings();
     setInterval(() => this.loadRegistry(), REGISTRY_REFRESH_MS);
+    setInterval(() => this.loadRecordings(), REC_POLL_MS);
+    setInterval(() => {
+      if (!this.rec.running) return;
+      this.renderRecIndicator();
+      if (this.tab === "log") this.renderRecordings();
+    }, 1_000);
     setInterval(() => {
       if (this.tab === "log") this.loadLog();
     }, LOG_POLL_MS);
@@ -400,6 +439,7 @@ export class HubConsole extends PageApp {
     this.c.end.addEventListener("click", () =>
       this.confirm(t("console.end_confirm", { n: this.joinedSites().length }), t("console.end"), () => this.act("end")),
     );
+    this.c.record.addEventListener("click", () => this.toggleRecording());
     this._bindMeetings();
     this._bindSites();
     $("#btn-att-csv").addEventListener("click", () => this.download(this.attendanceUrl(), `diem-danh-${this.meetingId}.csv`));
@@ -415,14 +455,20 @@ export class HubConsole extends PageApp {
     for (const [name, view] of Object.entries(this.c.views)) view.hidden = name !== tab;
     if (tab === "meetings") this.loadMeetings();
     if (tab === "sites") this.loadSitesView();
-    if (tab === "log") this.loadLog();
+    if (tab === "log") {
+      this.loadLog();
+      this.loadRecordings();
+    }
     if (tab === "live") this.loadRegistry();
   }
 
   renderTab() {
     if (this.tab === "meetings") this.renderMeetings();
     if (this.tab === "sites") this.renderSitesTree();
-    if (this.tab === "log") this.renderLog();
+    if (this.tab === "log") {
+      this.renderLog();
+      this.renderRecordings();
+    }
   }
 
   // ----- live roster ----------------------------------------------------------------------
@@ -635,6 +681,114 @@ export class HubConsole extends PageApp {
     setBtn(this.c.lock, ctl.locked ? "lock" : "unlock", ctl.locked ? t("console.unlock") : t("console.lock"), { on: ctl.locked });
     setBtn(this.c.rollcall, "rollcall", c.rollCall?.active ? t("console.rc_end") : t("console.rc_start"), { on: !!c.rollCall?.active });
     setBtn(this.c.end, "stop", t("console.end"));
+    const rec = this.rec.running;
+    setBtn(this.c.record, rec ? "stop" : "rec", rec ? t("console.record_stop") : t("console.record"), {
+      on: !!rec,
+      // stopping stays possible whatever the page's own connection does
+      disabled: this.rec.busy || (!rec && !active),
+    });
+    this.c.record.classList.toggle("is-recording", !!rec);
+    this.c.record.title = t("console.record_title");
+    this.renderRecIndicator();
+  }
+
+  // ----- recording (biên bản) -------------------------------------------------------------
+
+  recElapsed() {
+    const b = this.rec.base;
+    return b ? b.s + (performance.now() - b.at) / 1000 : 0;
+  }
+
+  /** Take the server's list: the recording with stopped_at null is the one running. */
+  setRecordings(list) {
+    this.rec.list = list;
+    this.rec.loaded = true;
+    const running = list.find((r) => r.stopped_at == null && r.state !== "interrupted") || null;
+    if (running) {
+      const fromServer = running.live?.elapsed_s;
+      const s = fromServer > 0 ? fromServer : Math.max(0, Date.now() / 1000 - running.started_at);
+      // keep the local clock running smoothly unless the server's figure disagrees by > 2 s
+      if (this.rec.running?.id !== running.id || Math.abs(this.recElapsed() - s) > 2) this.rec.base = { s, at: performance.now() };
+    } else this.rec.base = null;
+    this.rec.running = running;
+    this.renderConsole();
+    this.renderRecordings();
+  }
+
+  async loadRecordings() {
+    if (!this.token || !this.meetingId || this.rec.busy) return;
+    try {
+      const out = await this.api("GET", `/api/meetings/${encodeURIComponent(this.meetingId)}/recordings`);
+      if (!this.rec.busy) this.setRecordings(out.recordings || []);
+    } catch (err) {
+      if (err?.error === "forbidden") return; // a site token: no recording tools
+      console.warn("hoinghi: cannot load the recordings", err);
+    }
+  }
+
+  async toggleRecording() {
+    if (this.rec.busy) return;
+    const action = this.rec.running ? "stop" : "start";
+    this.rec.busy = true;
+    this.renderConsole();
+    let done = null;
+    try {
+      const out = await this.api("POST", `/api/meetings/${encodeURIComponent(this.meetingId)}/recording`, { action });
+      done = out.recording;
+      this.removeNotice("console_error");
+      if (action === "stop")
+        this.addNotice("recording_saved", { duration: formatDuration(done.duration_s), size: formatBytes(done.bytes) }, "recording");
+      else this.removeNotice("recording");
+    } catch (err) {
+      this.addNotice("console_error", { message: this.apiErrorText(err) }, "console_error");
+    }
+    this.rec.busy = false;
+    if (done) {
+      // show the new state at once; the list below replaces it with the server's
+      const list = this.rec.list.filter((r) => r.id !== done.id);
+      this.setRecordings([done, ...list].sort((a, b) => b.id - a.id));
+    } else this.renderConsole();
+    await this.loadRecordings();
+  }
+
+  renderRecIndicator() {
+    const ind = this.c?.recIndicator;
+    if (!ind) return;
+    const rec = this.rec.running;
+    ind.hidden = !rec;
+    if (!rec) return;
+    ind.textContent = "";
+    ind.append(el("span", "rec-dot"), el("span", "rec-word", t("console.recording")), el("span", "rec-time", formatDuration(this.recElapsed())));
+    ind.dataset.recordingId = String(rec.id);
+  }
+
+  renderRecordings() {
+    const body = $("#rec-body");
+    const msg = $("#rec-msg");
+    if (!body) return;
+    body.textContent = "";
+    msg.textContent = this.rec.loaded && !this.rec.list.length ? t("rec.none") : "";
+    msg.hidden = !msg.textContent;
+    for (const r of this.rec.list) {
+      const tr = el("tr");
+      tr.dataset.recordingId = String(r.id);
+      tr.dataset.state = r.state;
+      const running = r.stopped_at == null && r.state !== "interrupted";
+      const dur = running ? this.recElapsed() : r.duration_s ?? (r.stopped_at ? r.stopped_at - r.started_at : null);
+      const file = el("td", "rec-file");
+      if (running) file.append(el("span", "tag tag-rec", t("rec.running")));
+      else {
+        file.append(button(t("rec.download"), { cls: "btn btn-small btn-primary", iconName: "download", onClick: () => this.download(r.file, r.filename) }));
+        if (r.state === "interrupted") file.append(el("span", "rec-note", t("rec.interrupted")));
+      }
+      tr.append(
+        el("td", "log-time", formatWhen(r.started_at * 1000)),
+        el("td", "rec-num", formatDuration(dur)),
+        el("td", "rec-num", running ? "—" : formatBytes(r.bytes)),
+        file,
+      );
+      body.append(tr);
+    }
   }
 
   renderAll() {
