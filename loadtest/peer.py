@@ -314,17 +314,28 @@ class SyntheticSite:
         browser would show. Asking again every 100 ms keeps this synthetic site honest.
         """
         assert self.pc is not None
+        asked: dict[tuple, list] = {}  # (mid, seq) -> [first asked, times]
         try:
             while True:
                 await asyncio.sleep(0.1)
+                now = time.monotonic()
                 for t in self.pc.getTransceivers():
                     r = t.receiver
                     gen = getattr(r, "_RTCRtpReceiver__nack_generator", None)
                     if gen is None or not gen.missing or t.kind != "video":
                         continue
-                    media = set(r._RTCRtpReceiver__rtx_ssrc.values())
-                    for ssrc in media:
-                        await r._send_rtcp_nack(ssrc, sorted(gen.missing))
+                    again = []
+                    for seq in gen.missing:
+                        entry = asked.setdefault((t.mid, seq), [now, 0])
+                        # like libwebrtc: give up on a packet after ~1 s or 10 requests
+                        if now - entry[0] < 1.0 and entry[1] < 10:
+                            entry[1] += 1
+                            again.append(seq)
+                    if again:
+                        for ssrc in set(r._RTCRtpReceiver__rtx_ssrc.values()):
+                            await r._send_rtcp_nack(ssrc, sorted(again))
+                if len(asked) > 4096:
+                    asked = {k: v for k, v in asked.items() if now - v[0] < 2.0}
         except (asyncio.CancelledError, ConnectionError):
             pass
 

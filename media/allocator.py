@@ -64,6 +64,7 @@ class StreamAllocator:
         self.last_probe_result: Optional[tuple] = None
         self.next_step_bps = 0.0
         self.ceiling = 0.0  # received rate of the last failed probe (0: none)
+        self.audio_bps = 0.0
 
     # ---------------------------------------------------------------- allocation
 
@@ -116,6 +117,7 @@ class StreamAllocator:
             p = c.producer
             if p is not None:
                 audio += max(AUDIO_MIN_BPS, 1.2 * max(s.bitrate_peak for s in p.streams))
+        self.audio_bps = audio
         estimate = t.estimator.estimate
         budget = max(0.0, estimate - audio)
         # a site that sends no feedback at all cannot be adapted to: never pause it
@@ -172,7 +174,7 @@ class StreamAllocator:
         stream = p.streams[min(layer, len(p.streams) - 1)]
         if c.paused or c.layer != layer:
             self.switches += 1
-        c.select(stream)
+        c.select(stream, drop_current=reason == "congestion" and 0 <= layer < c.layer)
 
     # ---------------------------------------------------------------- probing
 
@@ -185,8 +187,10 @@ class StreamAllocator:
             return
         # aim at the next layer step with the upgrade's margin on top (LiveKit's rule of
         # thumb): a probe far past the link's capacity only costs loss on a weak link
-        step = max(150_000.0, 1.3 * UPGRADE_MARGIN * self.next_step_bps)
-        target = min(self.desired_bps * UPGRADE_MARGIN * 1.2, est.estimate * UPGRADE_MARGIN + step)
+        # aim at what the next layer step needs, with the upgrade's margin and 10 % more
+        # (LiveKit's rule of thumb); resuming a paused slot probes for just its lowest layer
+        needed = self.allocated_bps + self.audio_bps + self.next_step_bps
+        target = max(needed * UPGRADE_MARGIN * 1.1, est.estimate * 1.1)
         if self.ceiling:
             # the last probe failed at about this rate: probe 10 % above it, so a link that
             # is still capped loses nothing, and a lifted cap is still found (then climb)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 HISTORY = 512  # packets kept per video slot for retransmission (~2 s at 720p)
 _MASK = HISTORY - 1
 RESEND_GUARD = 0.05  # do not resend the same packet twice within this, s
+MAX_RESENDS = 4  # retransmissions of one packet at most (LiveKit: 3); then it is the decoder's problem
 SWITCH_GUARD = 300  # after a switch, drop stragglers older than the switch point for this many packets
 _pack_seq_ts = struct.Struct("!HI").pack_into
 
@@ -112,6 +113,7 @@ class Consumer:
         self._rtx_ssrc_bytes = rtx_ssrc.to_bytes(4, "big") if rtx_ssrc is not None else b""
         self.history: Optional[list] = [None] * HISTORY if self.is_video else None
         self._resent_at = [0.0] * HISTORY if self.is_video else None
+        self._resent_n = [0] * HISTORY if self.is_video else None
         # statistics
         self.packets = 0
         self.octets = 0
@@ -145,10 +147,17 @@ class Consumer:
         self.fresh = True
         self.set_source(producer.streams[0])
 
-    def select(self, stream: "RecvStream") -> None:
-        """Forward `stream` (a layer of the assigned producer) from its next keyframe."""
+    def select(self, stream: "RecvStream", drop_current: bool = False) -> None:
+        """Forward `stream` (a layer of the assigned producer) from its next keyframe.
+
+        Normally the current layer keeps flowing until then (no freeze). On a congestion
+        downgrade the caller drops it at once: the link cannot carry it, and pushing it
+        on would also drown the keyframe of the layer that fits."""
         if self.paused:
             self.paused = False
+        if drop_current and self.source is not None and self.source is not stream:
+            self._detach(self.source)
+            self.source = None
         self.set_source(stream)
 
     def pause(self) -> None:
@@ -275,7 +284,9 @@ class Consumer:
             self.last_send = now
             self.sent_any = True
         if self.history is not None:
-            self.history[seq & _MASK] = out
+            i = seq & _MASK
+            self.history[i] = out
+            self._resent_n[i] = 0
         self.packets += 1
         self.octets += len(out) - self.header_len
         self.transport.send_rtp(out, self.tcc_off)
@@ -288,11 +299,15 @@ class Consumer:
             return  # a paused slot's link is congested: retransmitting would only add to it
         now = time.monotonic()
         resent = self._resent_at
+        count = self._resent_n
         for seq in seqs:
             i = seq & _MASK
             pkt = history[i]
             if pkt is None or ((pkt[2] << 8) | pkt[3]) != seq or now - resent[i] < RESEND_GUARD:
                 continue
+            if count[i] >= MAX_RESENDS:
+                continue  # a receiver asking again and again would only flood its own link
+            count[i] += 1
             resent[i] = now
             if self.rtx_ssrc is not None and self.rtx_payload_type is not None:
                 hl = self.header_len

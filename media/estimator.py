@@ -72,8 +72,9 @@ class BandwidthEstimator:
                 if not probing:  # a probe is meant to find the queue's edge: its loss is expected
                     lost += 1
                 continue
-            if not probing:
-                got += 1
+            if probing:
+                continue  # a probe fills the bottleneck queue on purpose: not congestion
+            got += 1
             self._acked.append((arrival, size))
             result = self._gcc.add(int(arrival * 1000), int(send * 262144) & 0xFFFFFF, size, 0)
             if result is not None:
