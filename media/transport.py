@@ -473,17 +473,18 @@ class WebRtcTransport:
             return
         self.twcc_feedbacks += 1
         history = self.twcc_history
+        times, sizes, seqs = history.times, history.sizes, history.seqs
+        mask = len(seqs) - 1
         packets = []
-        scored = []
         for seq, arrival in reports:
-            sent = history.get(seq)
-            if sent is None:
-                continue
-            packets.append((sent[0], sent[1], arrival))
-            scored.append((seq, sent[0], sent[1], arrival))
+            i = seq & mask
+            if seqs[i] == seq:
+                packets.append((times[i], sizes[i], arrival))
         if packets:
             self.estimator.on_twcc(packets, now)
-            self.allocator.on_feedback(scored, now)
+            if self.allocator.probe is not None:
+                scored = [(seq, *sent, arrival) for seq, arrival in reports if (sent := history.get(seq)) is not None]
+                self.allocator.on_feedback([(q, t, z, a) for q, t, z, _p, a in scored], now)
             self._allocate_soon(now)
 
     def _allocate_soon(self, now: float) -> None:
