@@ -158,7 +158,11 @@ class StreamAllocator:
         else:
             self.upgrade_since = 0.0
         self.allocated_bps = self._cost({c: (c.layer if not c.paused else -1) for c in consumers})
-        t.set_pacing(estimate if t.estimator.mode != "none" else 0.0)
+        # pace at the estimate, but never below what was just decided to be sent (a stream
+        # kept on its only layer over an unproven estimate must not queue up in the pacer)
+        t.set_pacing(max(estimate, self.allocated_bps + audio) if t.estimator.mode != "none" else 0.0)
+        if self.allocated_bps + audio > estimate:
+            self.deficient = True  # kept over budget: probing is how the estimate catches up
         self._maybe_probe(now)
 
     def _apply(self, c: "Consumer", layer: int, reason: str) -> None:
@@ -181,6 +185,8 @@ class StreamAllocator:
     def _maybe_probe(self, now: float) -> None:
         t = self.transport
         est = t.estimator
+        if self.probe is not None and now - self.probe["start"] > 3.0:
+            self.probe = None  # its feedback never came (lost, or the site went quiet)
         if self.probe is not None or est.mode != "twcc" or not self.deficient:
             return
         if now - self.last_probe < self.probe_wait or not est.stable(now, 1.0):

@@ -163,7 +163,8 @@ class BandwidthEstimator:
         self._loss_time = now
         if self.loss < LOSS_LOW:
             # follow the delay estimate upward at GCC's pace; never run far ahead of it
-            self.loss_bps = min(self.loss_bps * math.pow(1.08, dt) + 1000 * dt, max(self.delay_bps, self.loss_bps))
+            ceiling = self.delay_bps if self.mode == "twcc" else max(self.delay_bps, self.remb_bps or 0.0)
+            self.loss_bps = min(self.loss_bps * math.pow(1.08, dt) + 1000 * dt, max(ceiling, self.loss_bps))
         elif self.loss > LOSS_HIGH and now - self._last_loss_decrease > 0.3:
             # cut relative to what actually got through, not to the previous estimate:
             # repeated cuts of the estimate over one loss episode would overshoot downward

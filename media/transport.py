@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -286,6 +287,14 @@ class WebRtcTransport:
                 original_datagram_received(data, addr)
 
         protocol.datagram_received = datagram_received
+        sock = protocol.transport.get_extra_info("socket")
+        if sock is not None:
+            # one publisher's socket feeds every subscriber: a loop stall must not drop its
+            # datagrams (the kernel caps this at net.core.rmem_max; see README)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            except OSError:
+                pass
         self._sendto = protocol.transport.sendto
         self._addr = pair.remote_addr
         self.connected.set()
