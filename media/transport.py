@@ -497,7 +497,10 @@ class WebRtcTransport:
             self._allocate_soon(now)
 
     def _allocate_soon(self, now: float) -> None:
-        if now - self.allocator.last_run >= 0.1:
+        """Re-allocate after feedback: at once when the estimate fell below what is being
+        sent (a downgrade must not wait), otherwise at most twice a second."""
+        since = now - self.allocator.last_run
+        if since >= 0.5 or (since >= 0.05 and self.estimator.estimate < self.allocator.allocated_bps + self.allocator.audio_bps):
             self.allocator.run(now)
 
     # ---------------------------------------------------------------- send path
