@@ -397,7 +397,7 @@ class JanusTarget:
         if self.session is not None:
             await self.session.destroy()
         if self._pid is not None:
-            stop_janus(self._pid)
+            stop_janus(self._pid, keep_dir=self.args.keep_tmp)
 
 
 async def _batched(coros: list, batch: int) -> list:
@@ -818,7 +818,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--server-log-level", default="warning")
     p.add_argument("--join-batch", type=int, default=10, help="peers joining concurrently")
     p.add_argument("--json", help="write all results (and machine info) to this file")
-    p.add_argument("--py-spy", help="hoinghi: record the server with py-spy (raw format) during the last window")
+    p.add_argument("--py-spy", metavar="FILE",
+                   help="hoinghi: record the server with py-spy (raw format) during the last window; "
+                        "summarise with python -m loadtest.profile_top FILE")
     p.add_argument("--keep-tmp", action="store_true")
     p.add_argument("--code-ref", help="run hoinghi as committed at this git revision (git archive into a temp dir)")
     p.add_argument("--snapshot", action="store_true",

@@ -17,7 +17,11 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
+import signal
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -35,26 +39,39 @@ class JanusError(RuntimeError):
     pass
 
 
+_JANUS_DIRS: dict[int, str] = {}  # pid -> the config/log directory made for it
+
+
 def start_janus(port: int = 8088, event_loops: int = 1, cpus: Optional[str] = "0", script: Path = START_SCRIPT) -> int:
     """Start Janus (installs Debian's package if missing); returns its PID."""
     cmd = ["bash", str(script), str(port)]
     if cpus:
         cmd = ["taskset", "-c", cpus] + cmd
-    env = dict(os.environ, JANUS_EVENT_LOOPS=str(event_loops))
+    janus_dir = tempfile.mkdtemp(prefix="janus-bench-")
+    env = dict(os.environ, JANUS_EVENT_LOOPS=str(event_loops), JANUS_DIR=janus_dir)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
+        shutil.rmtree(janus_dir, ignore_errors=True)
         raise JanusError(f"start-janus.sh failed ({out.returncode}): {out.stderr.strip()[-500:]}")
     lines = [line for line in out.stdout.strip().splitlines() if line.strip()]
     try:
-        return int(lines[-1])
+        pid = int(lines[-1])
     except (IndexError, ValueError):
         raise JanusError(f"start-janus.sh did not print a PID: {out.stdout[-300:]!r}") from None
+    _JANUS_DIRS[pid] = janus_dir
+    return pid
 
 
-def stop_janus(pid: int, timeout: float = 5.0) -> None:
-    import signal
-    import time
+def stop_janus(pid: int, timeout: float = 5.0, keep_dir: bool = False) -> None:
+    try:
+        _kill(pid, timeout)
+    finally:
+        janus_dir = _JANUS_DIRS.pop(pid, None)
+        if janus_dir and not keep_dir:
+            shutil.rmtree(janus_dir, ignore_errors=True)
 
+
+def _kill(pid: int, timeout: float) -> None:
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
