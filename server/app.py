@@ -6,7 +6,6 @@ web client, and turns settings into the forwarding core's MediaSettings.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
