@@ -309,23 +309,13 @@ class Consumer:
                 continue  # a receiver asking again and again would only flood its own link
             count[i] += 1
             resent[i] = now
-            if self.rtx_ssrc is not None and self.rtx_payload_type is not None:
-                hl = self.header_len
-                rtx = bytearray(pkt[:hl])
-                self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-                rtx[1] = (pkt[1] & 0x80) | self.rtx_payload_type
-                rtx[2] = self._rtx_seq >> 8
-                rtx[3] = self._rtx_seq & 0xFF
-                rtx[8:12] = self._rtx_ssrc_bytes
-                rtx += pkt[2:4]
-                rtx += memoryview(pkt)[hl:]
-                self.transport.send_rtp(rtx, self.tcc_off)
-            else:
-                self.transport.send_rtp(pkt, self.tcc_off)
+            # RFC 4588 when negotiated, else the same packet again (RFC 4585 allows both)
+            self.transport.send_rtp(self.rtx_copy(pkt) or pkt, self.tcc_off)
             self.retransmits += 1
 
     def rtx_copy(self, pkt: bytearray) -> Optional[bytearray]:
-        """An RTX-wrapped copy of a sent packet (probing reuses recent media this way)."""
+        """An RTX-wrapped copy of a sent packet: answers NACKs, and probing reuses recent
+        media this way. None when the subscriber did not negotiate RTX."""
         if self.rtx_ssrc is None or self.rtx_payload_type is None:
             return None
         hl = self.header_len

@@ -30,7 +30,8 @@ async def _wait(predicate, timeout: float = 10.0, step: float = 0.1) -> bool:
 
 
 async def _start(server, site: str, role: str = "site", publish: bool = True, **kw) -> SyntheticSite:
-    peer = SyntheticSite(server.url, server.token(site, role), publish_video=publish, publish_audio=publish, fps=FPS, **kw)
+    kw.setdefault("fps", FPS)
+    peer = SyntheticSite(server.url, server.token(site, role), publish_video=publish, publish_audio=publish, **kw)
     await peer.join()
     await peer.start_media()
     return peer
@@ -79,8 +80,8 @@ async def test_one_publisher_three_subscribers_full_rate_no_loss(hoinghi_server)
 
 async def test_two_percent_loss_both_ways_is_recovered(hoinghi_server):
     up = LinkImpairment(upstream_loss=0.02, seed=1)
-    # 640x480 gives several packets per frame, so 2 % of them is a handful of losses per second
-    pub = await _start(hoinghi_server, "hub", "hub", impairment=up, video_size=(640, 480))
+    # 640x480 at 30 fps: enough video packets that 2 % random loss surely hits some of them
+    pub = await _start(hoinghi_server, "hub", "hub", impairment=up, video_size=(640, 480), fps=30)
     downs = [LinkImpairment(downstream_loss=0.02, seed=10 + i) for i in range(2)]
     subs = [await _start(hoinghi_server, f"s{i}", publish=False, impairment=downs[i]) for i in range(2)]
     try:
