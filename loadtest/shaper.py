@@ -37,6 +37,7 @@ class LinkImpairment:
         self.queue_ms = queue_ms
         self._free_at = 0.0  # when the shaped link has sent everything queued so far
         self.dropped_queue = 0
+        self.upstream_pts: Optional[set[int]] = None  # restrict upstream loss to these payload types
         self.passed_bytes = 0  # RTP bytes (+ IP/UDP headers) delivered downstream
         self._rng = random.Random(seed)
         self.dropped_up = 0
@@ -60,7 +61,7 @@ class LinkImpairment:
 
         async def send(data: bytes) -> None:
             if self.upstream_loss and self._is_rtp(data):
-                if self._rng.random() < self.upstream_loss:
+                if (self.upstream_pts is None or (data[1] & 0x7F) in self.upstream_pts) and self._rng.random() < self.upstream_loss:
                     self.dropped_up += 1
                     return
                 self.passed_up += 1
