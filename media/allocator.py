@@ -19,7 +19,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Optional
 
-from .estimator import ProbeResult
+from .estimator import LOSS_HIGH, ProbeResult
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -77,11 +77,10 @@ class StreamAllocator:
             if p is None:
                 continue
             r = layer_rate(p.streams[0], 0)
-            if not c.paused and not c.fresh:
-                r *= keep
-            if budget >= r or keep == 0.0:
+            need = r * keep if not c.paused and not c.fresh else r
+            if budget >= need or keep == 0.0:
                 plan[c] = 0
-                budget -= r
+                budget -= r  # charged in full: a kept layer leaves nothing for upgrades
             else:
                 plan[c] = -1
         for c in consumers:  # slot order = priority: the stage climbs first
@@ -123,8 +122,11 @@ class StreamAllocator:
         # a site that sends no feedback at all cannot be adapted to: never pause it
         # and before the link has shown any limit, the start estimate is a guess: it may keep
         # a stream on its lowest layer but never pause it
+        # and a playing slot is paused only when loss shows its lowest layer really does not
+        # fit: a delay-based dip alone (a busy host, a jittery path) must not blank a picture
         unproven = t.estimator.mode == "none" or not t.estimator.verified
-        down = self._plan(budget, consumers, keep=0.0 if unproven else 0.8)
+        lossy = t.estimator.loss > LOSS_HIGH or (t.estimator.mode == "remb" and t.estimator.remb_bps is not None)
+        down = self._plan(budget, consumers, keep=0.0 if unproven or not lossy else 0.8)
         up = self._plan(budget / UPGRADE_MARGIN, consumers)
         ideal = self._plan(float("inf"), consumers)
         self.desired_bps = self._cost(ideal) + audio
