@@ -30,7 +30,6 @@ import asyncio
 import json
 import logging
 import random
-import socket
 import struct
 import time
 from array import array
@@ -42,6 +41,7 @@ from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSess
 from media import network, rtcp
 from media.rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_TRANSPORT_CC
 from media.srtp import SrtpContext, SrtpError
+from media.transport import hook_srtp_datagrams
 from media.twcc import build_feedback
 
 logger = logging.getLogger(__name__)
@@ -168,34 +168,10 @@ class RawTransport:
                 else:
                     on_rtp(plain)
 
-        original_data_received = ice.data_received
-
-        def data_received(data: bytes, component: int) -> None:
-            if 127 < data[0] < 192:
-                srtp(data)
-            else:
-                original_data_received(data, component)
-
-        ice.data_received = data_received
+        # a browser's socket buffer is not the thing under test: a generator hiccup must
+        # not turn into "loss" (the kernel caps this at net.core.rmem_max)
+        hook_srtp_datagrams(dtls, srtp, rcvbuf=self.rcvbuf)
         protocol = pair.protocol
-        original_datagram_received = protocol.datagram_received
-
-        def datagram_received(data: bytes, addr: tuple) -> None:
-            # RTP/RTCP first byte is 128..191; STUN is 0..3, DTLS 20..63
-            if 127 < data[0] < 192:
-                srtp(data)
-            else:
-                original_datagram_received(data, addr)
-
-        protocol.datagram_received = datagram_received
-        if self.rcvbuf:
-            # a browser's socket buffer is not the thing under test: a generator hiccup must
-            # not turn into "loss" (the kernel caps this at net.core.rmem_max)
-            try:
-                sock = protocol.transport.get_extra_info("socket")
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-            except (OSError, AttributeError):
-                pass
         self._sendto = protocol.transport.sendto
         self._addr = pair.remote_addr
         self.connected.set()

@@ -71,6 +71,47 @@ async def _no_op(*args: object, **kwargs: object) -> None:
     """Stands in for RTCRtpSender.send / RTCRtpReceiver.receive on forwarded streams."""
 
 
+def hook_srtp_datagrams(dtls, on_srtp: Callable[[bytes], None], rcvbuf: int = 0):
+    """Route SRTP/SRTCP datagrams of `dtls`'s ICE connection straight to `on_srtp`.
+
+    Hooks the nominated pair's protocol (skipping aioice's STUN parse and queue) and, as a
+    fallback for any other pair, the connection's data_received. STUN (first byte 0..3) and
+    DTLS (20..63) keep their normal path. Returns the nominated pair, or None if there is none.
+    Shared by the server's transports and the load generator's raw peers.
+    """
+    ice = dtls.transport._connection
+    pair = ice._nominated.get(1)
+    if pair is None:
+        return None
+    original_data_received = ice.data_received
+
+    def data_received(data: bytes, component: int) -> None:
+        if 127 < data[0] < 192:
+            on_srtp(data)
+        else:
+            original_data_received(data, component)
+
+    ice.data_received = data_received
+    protocol = pair.protocol
+    original_datagram_received = protocol.datagram_received
+
+    def datagram_received(data: bytes, addr: tuple) -> None:
+        # RTP/RTCP first byte is 128..191; STUN is 0..3, DTLS 20..63
+        if 127 < data[0] < 192:
+            on_srtp(data)
+        else:
+            original_datagram_received(data, addr)
+
+    protocol.datagram_received = datagram_received
+    if rcvbuf:
+        sock = protocol.transport.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        except (OSError, AttributeError):
+            pass
+    return pair
+
+
 class WebRtcTransport:
     def __init__(self, router: "Router", participant_id: str, settings: MediaSettings) -> None:
         self.router = router
@@ -261,40 +302,13 @@ class WebRtcTransport:
     def _install_fast_path(self, dtls) -> None:
         self._rx = SrtpContext(dtls._rx_srtp)
         self._tx = SrtpContext(dtls._tx_srtp)
-        ice = dtls.transport._connection
-        pair = ice._nominated.get(1)
+        # one publisher's socket feeds every subscriber: a loop stall must not drop its
+        # datagrams (the kernel caps the buffer at net.core.rmem_max; see README)
+        pair = hook_srtp_datagrams(dtls, self._on_datagram, rcvbuf=4 << 20)
         if pair is None:
             logger.warning("transport %s: DTLS up but no nominated ICE pair", self.participant_id)
             return
-        on_datagram = self._on_datagram
-        original_data_received = ice.data_received
-
-        def data_received(data: bytes, component: int) -> None:
-            if 127 < data[0] < 192:
-                on_datagram(data)
-            else:
-                original_data_received(data, component)
-
-        ice.data_received = data_received
         protocol = pair.protocol
-        original_datagram_received = protocol.datagram_received
-
-        def datagram_received(data: bytes, addr: tuple) -> None:
-            # RTP/RTCP first byte is 128..191; STUN is 0..3, DTLS 20..63
-            if 127 < data[0] < 192:
-                on_datagram(data)
-            else:
-                original_datagram_received(data, addr)
-
-        protocol.datagram_received = datagram_received
-        sock = protocol.transport.get_extra_info("socket")
-        if sock is not None:
-            # one publisher's socket feeds every subscriber: a loop stall must not drop its
-            # datagrams (the kernel caps this at net.core.rmem_max; see README)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            except OSError:
-                pass
         self._sendto = protocol.transport.sendto
         self._addr = pair.remote_addr
         self.connected.set()
