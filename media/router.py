@@ -18,6 +18,7 @@ import time
 from typing import Callable, Optional
 
 from .consumer import Consumer
+from .pipe import PipeOrigin
 from .producer import Producer, RecvStream
 from .speaker import WINDOW_S, SpeakerDetector
 from .transport import MediaSettings, WebRtcTransport
@@ -44,19 +45,66 @@ class Router:
         self.on_speaker: Optional[Callable[[Optional[str]], None]] = None
         self._layer_last_used: dict[int, float] = {}  # id(RecvStream) -> last time it had a sink
         self.floor: Optional[str] = None  # participant id given the floor by the chair
+        self.pinned: list[str] = []  # participant ids the chair pinned, in pin order
         self._order = 0
         self._reassign_pending = False
         self.created = time.monotonic()
+        # Worker mode (media/worker.py): sites whose transports live in other workers appear
+        # as remote producers fed by pipes; the control process decides the speaker from the
+        # levels every worker reports, so all workers rank sites the same way.
+        self.remote: dict[str, PipeOrigin] = {}  # participant id -> its remote tracks
+        self.on_levels: Optional[Callable[[dict[str, tuple[int, int]]], None]] = None
+        self.on_assigned: Optional[Callable[[], None]] = None
 
     # ---------------------------------------------------------------- membership
 
-    def create_transport(self, participant_id: str, site_id: str, name: str, role: str) -> WebRtcTransport:
+    def create_transport(
+        self, participant_id: str, site_id: str, name: str, role: str, priority: Optional[int] = None
+    ) -> WebRtcTransport:
         t = WebRtcTransport(self, participant_id, self.settings)
         self.transports[participant_id] = t
-        self._order += 1
-        self.priority[participant_id] = (0 if role == "hub" else 1_000_000) + self._order
-        self.names[participant_id] = (site_id, name)
+        self.add_participant(participant_id, site_id, name, role, priority)
         return t
+
+    def add_participant(self, participant_id: str, site_id: str, name: str, role: str, priority: Optional[int] = None) -> None:
+        """Know a site's name and rank. In worker mode the control process numbers joins
+        (`priority`) so every worker ranks the meeting's sites identically."""
+        if priority is None:
+            self._order += 1
+            priority = (0 if role == "hub" else 1_000_000) + self._order
+        self.priority[participant_id] = priority
+        self.names[participant_id] = (site_id, name)
+
+    # ---------------------------------------------------------------- remote sites (worker mode)
+
+    def add_remote(self, origin: PipeOrigin) -> None:
+        old = self.remote.pop(origin.participant_id, None)
+        if old is not None:
+            old.close()
+        self.remote[origin.participant_id] = origin
+        self.reassign()
+
+    def remove_remote(self, participant_id: str) -> Optional[PipeOrigin]:
+        origin = self.remote.pop(participant_id, None)
+        if participant_id not in self.transports:
+            self.priority.pop(participant_id, None)
+            self.names.pop(participant_id, None)
+        if origin is not None:
+            origin.close()
+        self.reassign()
+        return origin
+
+    def apply_speakers(self, dominant: Optional[str], loudness: dict[str, float], order: list[str]) -> None:
+        """The control process's speaker decision (worker mode): loudest-K audio and, on a
+        change of dominant speaker, the video order follow it here as they would locally."""
+        changed = dominant != self.speakers.dominant or order != self.speaker_order
+        self.speakers.dominant = dominant
+        self.speakers.loudness = loudness
+        self.speaker_order = order
+        if changed:
+            self.reassign()
+        else:
+            self.reassign_audio()
 
     async def remove_transport(self, participant_id: str) -> None:
         t = self.transports.pop(participant_id, None)
@@ -88,17 +136,20 @@ class Router:
         asyncio.get_running_loop().call_soon(self._reassign)
 
     def _rank(self, pid: str) -> tuple:
-        """Video order: the floor, then the hub (who chairs), then recent dominant speakers,
-        then join order. The stage (slot 0) is therefore the floor, else the hub; speakers
-        move in and out of the thumbnails."""
+        """Video order: the floor, then the hub (who chairs), then the sites the chair
+        pinned (in pin order), then recent dominant speakers, then join order. The stage
+        (slot 0) is therefore the floor, else the hub; pinned sites keep their thumbnails
+        whoever speaks; speakers move in and out of the remaining thumbnails."""
         if pid == self.floor:
             return (0, 0)
         prio = self.priority.get(pid, 1 << 40)
         if prio < 1_000_000:  # the hub
             return (1, prio)
+        if pid in self.pinned:
+            return (2, self.pinned.index(pid))
         if pid in self.speaker_order:
-            return (2, self.speaker_order.index(pid))
-        return (3, prio)
+            return (3, self.speaker_order.index(pid))
+        return (4, prio)
 
     def _candidates(self, kind: str, exclude: str) -> list[Producer]:
         out = []
@@ -107,6 +158,10 @@ class Router:
                 continue
             p = t.producers.get(kind)
             if p is not None and not p.closed:
+                out.append(p)
+        for pid, origin in self.remote.items():
+            p = origin.producers.get(kind)
+            if p is not None and not p.closed and pid != exclude:
                 out.append(p)
         if kind == "audio":
             loud = self.speakers.loudness
@@ -126,6 +181,8 @@ class Router:
             if t.connected.is_set():
                 t.allocator.run()
             self._notify(t)
+        if self.on_assigned is not None:
+            self.on_assigned()
 
     def reassign_audio(self) -> None:
         """Loudest-K audio follows the speech every window; video only on speaker changes."""
@@ -133,6 +190,8 @@ class Router:
             if t.negotiated and not t.closed:
                 self._assign(t.consumers["audio"], self._candidates("audio", pid))
                 self._notify(t)
+        if self.on_assigned is not None:
+            self.on_assigned()
 
     def _notify(self, t: WebRtcTransport) -> None:
         slots = self.slots_of(t)
@@ -179,7 +238,14 @@ class Router:
         if not self.transports:
             return
         audio = [t.producers["audio"] for t in self.transports.values() if "audio" in t.producers and not t.closed]
-        if self.speakers.update(audio):
+        if self.on_levels is not None:
+            # worker mode: the control process decides from every worker's levels
+            levels = {}
+            for p in audio:
+                levels[p.participant_id] = (p.level_sum, p.level_n)
+                p.level_sum = p.level_n = 0
+            self.on_levels(levels)
+        elif self.speakers.update(audio):
             pid = self.speakers.dominant
             if pid is not None:
                 if pid in self.speaker_order:
@@ -225,6 +291,13 @@ class Router:
         """Give the floor: that site is shown first to everyone (clients show it large)."""
         self.floor = participant_id
         self.reassign()
+
+    def set_pinned(self, participant_ids: list[str]) -> None:
+        """Pin sites: they rank right after the floor and the hub, so they stay in every
+        receiver's thumbnails regardless of who speaks (speakers fill the other slots)."""
+        if participant_ids != self.pinned:
+            self.pinned = list(participant_ids)
+            self.reassign()
 
     def set_muted(self, participant_id: str, kind: str, muted: bool) -> bool:
         """Stop (or resume) forwarding one site's audio or video, whatever its client does."""

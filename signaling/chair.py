@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 #: answering within seconds would otherwise mean 164 full result lists to each chair).
 ROLL_CALL_COALESCE_S = 0.3
 
+#: Most sites pinned at once: the thumbnails after the stage with the default 9 slots.
+MAX_PINS = 8
+
 
 class Chair:
     def __init__(self, service: "SignalingService") -> None:
@@ -76,6 +79,8 @@ class Chair:
                 room.apply_floor()
                 room.broadcast({"type": "spotlight", **_ref_or_none(room, site)})
             self._event(meeting_id, "spotlight", site, by)
+        elif action in ("pin", "unpin", "unpin_all"):
+            result["pins"] = self.set_pin(meeting_id, room, control, site, action, by)
         elif action in ("mute", "unmute"):
             result["kind"] = kind or "audio"
             self.set_muted(meeting_id, room, control, site, result["kind"], action == "mute", by)
@@ -143,6 +148,31 @@ class Chair:
             room.broadcast({"type": "floor", **_ref_or_none(room, site)})
         self._event(meeting_id, "floor", site, by)
 
+    def set_pin(
+        self, meeting_id: str, room: Optional[Room], control: MeetingControl, site: Optional[str], action: str,
+        by: Optional[str],
+    ) -> list[str]:
+        """Pin/unpin a site, or unpin all; returns the pinned site ids. A pin is kept by site
+        id, so it holds across the site's reconnections; at most MAX_PINS at a time (more
+        pins than thumbnails would leave no room for whoever speaks)."""
+        before = list(control.pins)
+        if action == "pin":
+            if site not in control.pins:
+                if len(control.pins) >= MAX_PINS:
+                    raise MessageError("too_many_pins", f"at most {MAX_PINS} sites can be pinned; unpin one first")
+                control.pins.append(site)
+        elif action == "unpin":
+            if site in control.pins:
+                control.pins.remove(site)
+        else:
+            control.pins.clear()
+        if control.pins != before:
+            if room is not None:
+                room.apply_floor()
+                room.broadcast(room.pins_message())
+            self._event(meeting_id, action, site, by)
+        return list(control.pins)
+
     def set_muted(
         self, meeting_id: str, room: Optional[Room], control: MeetingControl, site: str, kind: str, muted: bool,
         by: Optional[str], log: bool = True,
@@ -179,6 +209,10 @@ class Chair:
     async def remove(self, meeting_id: str, room: Optional[Room], control: MeetingControl, site: str, by: Optional[str]) -> None:
         control.removed.add(site)
         control.hands.pop(site, None)
+        if site in control.pins:
+            control.pins.remove(site)
+            if room is not None:
+                room.broadcast(room.pins_message())
         for attr, msg in (("floor", "floor"), ("spotlight", "spotlight")):
             if getattr(control, attr) == site:
                 setattr(control, attr, None)

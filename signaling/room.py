@@ -65,6 +65,7 @@ class MeetingControl:
 
     floor: Optional[str] = None  # site given the floor
     spotlight: Optional[str] = None  # site shown large to everyone, over the floor
+    pins: list[str] = field(default_factory=list)  # sites kept in everyone's thumbnails, in pin order
     hands: dict[str, float] = field(default_factory=dict)  # site id -> time it asked to speak
     muted: dict[str, set[str]] = field(default_factory=dict)  # site id -> kinds muted by the chair
     all_muted: bool = False  # "mute all" in force: sites joining later come in muted
@@ -198,7 +199,8 @@ class Room:
         return {"participant_id": p.id if p else None, "site_id": site_id, "name": p.name if p else None}
 
     def apply_floor(self) -> None:
-        """Show the spotlighted site first, else the site holding the floor (if connected)."""
+        """Show the spotlighted site first, else the site holding the floor (if connected);
+        pinned sites (those connected) next, in pin order."""
         pid = None
         for site in (self.control.spotlight, self.control.floor):
             s = self.by_site(site)
@@ -207,6 +209,16 @@ class Room:
                 break
         if self.router.floor != pid:
             self.router.set_floor(pid)
+        pinned = []
+        for site in self.control.pins:
+            s = self.by_site(site)
+            if s is not None and s.participant is not None:
+                pinned.append(s.participant.id)
+        self.router.set_pinned(pinned)
+
+    def pins_message(self) -> dict:
+        """The `pins` message: every pinned site, participant_id null while it is away."""
+        return {"type": "pins", "pins": [self.site_ref(site) for site in self.control.pins]}
 
     # ---------------------------------------------------------------- link statistics
 

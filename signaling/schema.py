@@ -17,6 +17,9 @@ from jsonschema import Draft202012Validator
 CHAIR_ACTIONS: dict[str, bool] = {
     "floor": False,  # without a target: take the floor back
     "spotlight": False,  # without a target: end the spotlight
+    "pin": True,  # keep a site in everyone's thumbnails (several may be pinned)
+    "unpin": True,
+    "unpin_all": False,
     "mute": True,
     "unmute": True,
     "mute_all": False,

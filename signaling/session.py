@@ -211,9 +211,10 @@ class Session:
             },
             "slots": {"video": svc.media.video_slots, "audio": svc.media.audio_slots},
             "participants": room.others(self),
-            "ice_servers": svc.media.ice_servers,
+            "ice_servers": svc.ice_servers_for(claims.site_id),
             "floor": room.site_ref(control.floor),
             "spotlight": room.site_ref(control.spotlight),
+            "pins": room.pins_message()["pins"],
             "all_muted": control.all_muted,
             "speaker": room.participant_ref(room.speaker) if room.speaker else None,
         }

@@ -323,3 +323,58 @@ async def test_end_over_signaling_sends_everyone_away(hoinghi_server):
     assert "demo" not in server.signaling.controls and "demo" not in server.signaling.rooms
     for s in (hub, a):
         await s.close()
+
+
+async def test_pinned_sites_keep_their_thumbnails(hoinghi_server):
+    """Pins rank right after the floor: a receiver with one thumbnail shows the pinned site,
+    not the one that joined earlier; unpinning gives the thumbnail back; pins hold by site."""
+    server = hoinghi_server
+    hub = await _join(server, "hub", "hub")
+
+    async def publisher(sid: str) -> SyntheticSite:
+        s = SyntheticSite(server.url, server.token(sid, name=sid.upper()), publish_audio=False)
+        await s.join()
+        await s.start_media(video_slots=1, audio_slots=1)
+        return s
+
+    pubs = {sid: await publisher(sid) for sid in ("xa-a", "xa-b", "xa-c")}
+    pid = {sid: s.joined["participant"]["id"] for sid, s in pubs.items()}
+    viewer = await _join(server, "xa-v")
+    await viewer.start_media(video_slots=2, audio_slots=1)
+    room = server.signaling.rooms["demo"]
+
+    def shown() -> list:
+        return [s["participant_id"] for s in viewer.slots["video"]]
+
+    await _chair(hub, "floor", site_id="xa-a")
+    await _until(lambda: shown() == [pid["xa-a"], pid["xa-b"]], 5, "floor + first joined")
+    pins = viewer.wait_for("pins", 2)
+    done = await _chair(hub, "pin", site_id="xa-c")
+    assert done["pins"] == ["xa-c"]
+    assert (await pins)["pins"] == [{"participant_id": pid["xa-c"], "site_id": "xa-c", "name": "XA-C"}]
+    await _until(lambda: shown() == [pid["xa-a"], pid["xa-c"]], 3, "pinned site in the thumbnail")
+    assert room.router.pinned == [pid["xa-c"]]
+    # a second pin ranks after the first; unpinning the first lets the second in
+    assert (await _chair(hub, "pin", site_id="xa-b"))["pins"] == ["xa-c", "xa-b"]
+    await asyncio.sleep(0.3)
+    assert shown() == [pid["xa-a"], pid["xa-c"]]
+    assert (await _chair(hub, "unpin", participant_id=pid["xa-c"]))["pins"] == ["xa-b"]
+    await _until(lambda: shown() == [pid["xa-a"], pid["xa-b"]], 3, "second pin in the thumbnail")
+    # a pin is kept by site: the site reconnects with a new participant id and stays pinned
+    await pubs["xa-b"].close()
+    pubs["xa-b"] = await publisher("xa-b")
+    assert pubs["xa-b"].joined["pins"][0]["site_id"] == "xa-b"
+    await _until(lambda: room.router.pinned == [pubs["xa-b"].joined["participant"]["id"]], 3, "pin follows the site")
+    # at most MAX_PINS; a site cannot pin
+    err = await _chair(pubs["xa-a"], "pin", site_id="xa-c")
+    assert err["code"] == "forbidden"
+    for i in range(7):
+        await _chair(hub, "pin", site_id=f"xa-x{i}")
+    err = await _chair(hub, "pin", site_id="xa-y")
+    assert err["type"] == "error" and err["code"] == "too_many_pins"
+    assert (await _chair(hub, "unpin_all"))["pins"] == []
+    assert room.router.pinned == []
+    events = [e.kind for e in server.storage.list_events("demo")]
+    assert "pin" in events and "unpin" in events and "unpin_all" in events
+    for s in (hub, viewer, *pubs.values()):
+        await s.close()
