@@ -199,7 +199,7 @@ export class Conference extends EventTarget {
     /** The chair's mutes of this site (server-enforced; the page shows them and keeps the track off). */
     this.chairMuted = { audio: false, video: false };
     /** Meeting-wide state set by the chair: floor and spotlight are {participant_id, site_id, name} or null. */
-    this.control = { floor: null, spotlight: null, locked: false, status: null, allMuted: false, speaker: null };
+    this.control = { floor: null, spotlight: null, pins: [], locked: false, status: null, allMuted: false, speaker: null };
     /** The open (or last) roll call as the server describes it, or null. */
     this.rollCall = null;
     /** This site's own link figures (`link_stats.self`), and everyone's for a chair (by participant id). */
@@ -551,6 +551,12 @@ export class Conference extends EventTarget {
         this._emit("control");
         this._emit("slots"); // which slot is shown large follows the floor
         break;
+      case "pins":
+        // sites the chair keeps in everyone's thumbnails, in pin order
+        this.control.pins = Array.isArray(msg.pins) ? msg.pins.filter((p) => p && p.site_id) : [];
+        this._emit("control");
+        this._emit("slots");
+        break;
       case "speaker":
         this.control.speaker = msg.participant_id ? { participant_id: msg.participant_id, site_id: msg.site_id, name: msg.name } : null;
         this._emit("speaker");
@@ -600,6 +606,7 @@ export class Conference extends EventTarget {
     this.control = {
       floor: msg.floor || null,
       spotlight: msg.spotlight || null,
+      pins: Array.isArray(msg.pins) ? msg.pins.filter((p) => p && p.site_id) : [],
       locked: !!msg.meeting?.locked,
       status: msg.meeting?.status ?? null,
       allMuted: !!msg.all_muted,

@@ -114,6 +114,7 @@ class RosterRow {
     if (e.p?.role && e.p.role !== "site") sub.append(el("span", "col-role", t(`role.${e.p.role}`)));
     if (e.floor) sub.append(el("span", "tag tag-floor", t("stage.floor")));
     if (e.spotlight) sub.append(el("span", "tag tag-spot", t("console.pinned")));
+    if (e.kept) sub.append(el("span", "tag tag-kept", t("console.kept")));
     if (e.p?.hand) sub.append(el("span", "tag tag-hand", t("console.hand_at", { time: formatTime(new Date(e.p.hand)) })));
     if (e.speaking) sub.append(el("span", "tag tag-speaking", t("stage.speaking")));
     if (e.removed) sub.append(el("span", "tag tag-removed", t("console.removed")));
@@ -143,7 +144,7 @@ class RosterRow {
     }
 
     // Actions: rebuilt only when what they depend on changes, so a click is never lost.
-    const key = JSON.stringify([!!e.p, e.p?.role, e.floor, e.spotlight, e.p?.chair_muted, e.removed, getLang()]);
+    const key = JSON.stringify([!!e.p, e.p?.role, e.floor, e.spotlight, e.kept, e.p?.chair_muted, e.removed, getLang()]);
     if (key !== this.key) {
       this.key = key;
       this.buildActions(e);
@@ -203,6 +204,9 @@ class RosterRow {
       e.spotlight
         ? button(t("console.unpin"), { iconName: "pin", onClick: () => a.act("spotlight", {}) })
         : button(t("console.pin"), { iconName: "pin", onClick: () => a.act("spotlight", { site_id: site }) }),
+      e.kept
+        ? button(t("console.unkeep"), { iconName: "pin", cls: "btn btn-small btn-keep is-active", onClick: () => a.act("unpin", { site_id: site }) })
+        : button(t("console.keep"), { iconName: "pin", cls: "btn btn-small btn-keep", onClick: () => a.act("pin", { site_id: site }) }),
       button(camOff ? t("console.cam_on") : t("console.cam_off"), {
         iconName: "cam",
         onClick: () => a.act(camOff ? "unmute" : "mute", { site_id: site, kind: "video" }),
@@ -503,6 +507,7 @@ export class HubConsole extends PageApp {
         stats: p ? stats[p.id] : null,
         floor: !!c.control.floor && c.control.floor.site_id === id,
         spotlight: !!c.control.spotlight && c.control.spotlight.site_id === id,
+        kept: (c.control.pins || []).some((x) => x.site_id === id),
         speaking: !!p && this.isSpeaking(p.id),
         removed: this.removed.has(id) && !p,
       };
@@ -623,7 +628,14 @@ export class HubConsole extends PageApp {
       line.append(icon("pin"), el("span", null, t("console.pin_now", { name: ctl.spotlight.name || ctl.spotlight.site_id })), button(t("console.unpin"), { onClick: () => this.act("spotlight", {}) }));
       fl.append(line);
     }
-    fl.hidden = !ctl.floor && !ctl.spotlight;
+    const pins = ctl.pins || [];
+    if (pins.length) {
+      const line = el("div", "floor-item floor-pins");
+      const names = pins.map((x) => x.name || x.site_id).join(", ");
+      line.append(icon("pin"), el("span", null, t("console.kept_now", { names })), button(t("console.unkeep_all"), { onClick: () => this.act("unpin_all", {}) }));
+      fl.append(line);
+    }
+    fl.hidden = !ctl.floor && !ctl.spotlight && !pins.length;
 
     // requests to speak, oldest first
     const hands = [...c.participants.values()].filter((p) => p.hand).sort((a, b) => a.hand - b.hand);

@@ -80,14 +80,15 @@ class VideoTile {
   }
 
   /** Badges: floor ("speaking by the chair's leave") / spotlight, and live voice activity. */
-  mark({ floor = false, spotlight = false, speaking = false } = {}) {
+  mark({ floor = false, spotlight = false, kept = false, speaking = false } = {}) {
     this.root.classList.toggle("is-floor", floor);
     this.root.classList.toggle("is-spotlight", spotlight);
     this.root.classList.toggle("is-speaking", speaking);
-    this.role.hidden = !floor && !spotlight;
+    this.role.hidden = !floor && !spotlight && !kept;
     this.role.textContent = "";
     if (spotlight) this.role.append(icon("pin"), el("span", null, t("stage.spotlight")));
     else if (floor) this.role.append(icon("floor"), el("span", null, t("stage.floor")));
+    else if (kept) this.role.append(icon("pin"), el("span", null, t("stage.kept")));
     this.speaking.hidden = !speaking;
     this.speaking.lastChild.textContent = t("stage.speaking");
   }
@@ -834,6 +835,7 @@ export class PageApp {
       tile.mark({
         floor: !!c.control.floor && slot.site_id === c.control.floor.site_id,
         spotlight: !!c.control.spotlight && slot.site_id === c.control.spotlight.site_id,
+        kept: (c.control.pins || []).some((x) => x.site_id === slot.site_id),
         speaking: this.isSpeaking(slot.participant_id),
       });
     }
