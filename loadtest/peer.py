@@ -19,7 +19,14 @@ from typing import Any, Optional
 
 import aiohttp
 import numpy as np
-from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from av import AudioFrame, VideoFrame
 
@@ -153,6 +160,8 @@ class SyntheticSite:
         impairment: Optional[LinkImpairment] = None,
         bind: tuple[str, ...] = ("127.0.0.1",),
         transport_cc: bool = True,
+        use_ice_servers: bool = False,
+        relay_only: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
@@ -164,6 +173,8 @@ class SyntheticSite:
         self.impairment = impairment
         self.bind = bind
         self.transport_cc = transport_cc
+        self.use_ice_servers = use_ice_servers  # take STUN/TURN servers from the join reply
+        self.relay_only = relay_only  # iceTransportPolicy "relay": reach the server only via TURN
         self.twcc: Optional[TransportCcResponder] = None
         self.http: Optional[aiohttp.ClientSession] = None
         self.ws: Optional[aiohttp.ClientWebSocketResponse] = None
@@ -242,7 +253,14 @@ class SyntheticSite:
         slots = self.joined["slots"]
         nv = slots["video"] if video_slots is None else video_slots
         na = slots["audio"] if audio_slots is None else audio_slots
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        ice_servers = [
+            RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+            for s in (self.joined.get("ice_servers") or [] if self.use_ice_servers else [])
+        ]
+        policy = RTCIceTransportPolicy.RELAY if self.relay_only else RTCIceTransportPolicy.ALL
+        pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=ice_servers, iceTransportPolicy=policy, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
         self.pc = pc
         if self.publish_audio:
             pc.addTransceiver(ToneAudioTrack(), direction="sendonly")

@@ -65,6 +65,7 @@ class MediaSettings:
     publisher_max_bitrate: int = 2_500_000  # REMB sent to publishers, bit/s
     start_bitrate_kbps: int = 1000  # x-google-start-bitrate hint in answers
     ice_servers: list[dict] = field(default_factory=list)
+    port_range: Optional["network.PortRange"] = None  # None: any UDP port (aioice's default)
 
 
 async def _no_op(*args: object, **kwargs: object) -> None:
@@ -173,8 +174,9 @@ class WebRtcTransport:
         s = self.settings
         info = inspect_offer(offer_sdp, s.video_slots, s.audio_slots)
         pc = self.pc
+        exhausted = s.port_range.exhausted if s.port_range is not None else 0
         try:
-            with network.bind_addresses(s.bind_addresses):
+            with network.bind_addresses(s.bind_addresses), network.port_range(s.port_range):
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
                 transceivers = pc.getTransceivers()
                 by_mid = {t.mid: t for t in transceivers}
@@ -187,6 +189,11 @@ class WebRtcTransport:
         except Exception as exc:
             raise OfferError(f"the offer could not be applied ({type(exc).__name__}: {str(exc)[:160]})") from None
         text = pc.localDescription.sdp
+        if s.port_range is not None and s.port_range.exhausted > exhausted and "a=candidate:" not in text:
+            raise OfferError(
+                f"the server has no free UDP port left in its range {s.port_range}; "
+                "the operator must widen rtc_port_min..rtc_port_max"
+            )
         if s.announce_ip and s.bind_addresses and s.announce_ip not in s.bind_addresses:
             text = network.announce(text, s.announce_ip)
         for kind, section in info.publish.items():

@@ -16,13 +16,14 @@ from typing import Optional
 from aiohttp import web
 
 from media import MediaSettings
-from media.network import is_local_address
+from media.network import PortRange, is_local_address
 from server.admin import setup_routes as setup_admin_routes
 from server.metrics import setup_routes as setup_metrics_routes
 from server.recordings import setup_routes as setup_recording_routes
 from server.auth import AuthError, TokenService
 from server.config import Settings
 from server.storage import Storage
+from server.turn import IceServers
 from signaling.service import SignalingService
 
 logger = logging.getLogger("hoinghi")
@@ -43,6 +44,7 @@ def media_settings(settings: Settings) -> MediaSettings:
         announce_ip=settings.announce_ip,
         video_slots=settings.video_slots,
         audio_slots=settings.audio_slots,
+        port_range=PortRange(settings.rtc_port_min, settings.rtc_port_max) if settings.rtc_port_min else None,
     )
 
 
@@ -102,7 +104,8 @@ async def _security_headers(request: web.Request, handler):
 async def build_app(settings: Settings, storage: Storage, tokens: TokenService) -> web.Application:
     app = web.Application(middlewares=[_security_headers], client_max_size=1024 * 1024)
     signaling = SignalingService(
-        tokens, storage, media_settings(settings), max_participants=settings.max_participants, auth_error=AuthError
+        tokens, storage, media_settings(settings), max_participants=settings.max_participants, auth_error=AuthError,
+        ice_servers=IceServers(settings.turn_urls, settings.turn_secret, settings.turn_ttl_s).for_site,
     )
     app[SIGNALING_KEY] = signaling
     app[STORAGE_KEY] = storage

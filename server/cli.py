@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the conferencing server until stopped")
     _add_settings_flags(serve, with_host=True)
+    serve.add_argument("--rtc-port-min", type=int, help="lowest UDP port for media (with --rtc-port-max; default: any)")
+    serve.add_argument("--rtc-port-max", type=int, help="highest UDP port for media (open this range in the firewall)")
 
     token = sub.add_parser("token", help="print a join link for one site")
     token.add_argument("--meeting", required=True, help="meeting id (e.g. demo)")
@@ -85,6 +87,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         "data_dir": args.data_dir,
         "announce_ip": args.announce_ip,
         "public_url": args.public_url,
+        "rtc_port_min": getattr(args, "rtc_port_min", None),
+        "rtc_port_max": getattr(args, "rtc_port_max", None),
     }
     return load_settings(config_file=args.config, env=os.environ, overrides=overrides)
 

@@ -56,6 +56,15 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     demo_meeting: bool = True
+    #: UDP ports ICE host candidates bind to, for a firewall that opens a fixed range; 0/0 =
+    #: any port. Each connected site holds one port, so the range must cover every site.
+    rtc_port_min: int = 0
+    rtc_port_max: int = 0
+    #: TURN servers handed to sites in the join reply (e.g. turns:turn.example.gov.vn:5349),
+    #: with credentials minted per join from `turn_secret` (coturn's static-auth-secret).
+    turn_urls: list[str] = field(default_factory=list)
+    turn_secret: str | None = None
+    turn_ttl_s: int = 12 * 3600
 
     @property
     def db_path(self) -> Path:
@@ -191,6 +200,18 @@ def _to_url(key: str, source: str, value: Any) -> str | None:
     return text.rstrip("/")
 
 
+def _to_url_list(key: str, source: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise _expect(key, source, "a list of turn:/turns:/stun: URLs (comma-separated in the environment)", value)
+    urls = [v.strip() for v in value]
+    for url in urls:
+        if not url.split(":", 1)[0] in ("turn", "turns", "stun", "stuns") or len(url.split(":", 1)[1]) == 0:
+            raise _expect(key, source, "URLs such as turns:turn.example.gov.vn:5349?transport=tcp", url)
+    return urls
+
+
 def _to_path(key: str, source: str, value: Any) -> Path:
     if isinstance(value, Path):
         return value
@@ -210,6 +231,11 @@ _CONVERTERS: dict[str, Any] = {
     "log_level": lambda k, s, v: _to_choice(k, s, v, LOG_LEVELS),
     "log_format": lambda k, s, v: _to_choice(k, s, v, LOG_FORMATS),
     "demo_meeting": _to_bool,
+    "rtc_port_min": lambda k, s, v: _to_int(k, s, v, 0, 65535),
+    "rtc_port_max": lambda k, s, v: _to_int(k, s, v, 0, 65535),
+    "turn_urls": _to_url_list,
+    "turn_secret": _to_optional_str,
+    "turn_ttl_s": lambda k, s, v: _to_int(k, s, v, 60, 7 * 24 * 3600),
 }
 FIELDS = tuple(f.name for f in dataclasses.fields(Settings))
 assert set(FIELDS) == set(_CONVERTERS), "every Settings field needs a converter"
@@ -285,6 +311,23 @@ def load_settings(
         merged[key], source_of[key] = value, "--" + key.replace("_", "-")
 
     settings = Settings(**_convert(merged, source_of))
+    _check_port_range(settings, source_of)
+    if any(u.startswith("turn") for u in settings.turn_urls) and not settings.turn_secret:
+        raise ConfigError(
+            f"turn_urls ({source_of.get('turn_urls')}): TURN needs turn_secret, the static-auth-secret "
+            "shared with the TURN server, so the server can hand out short-lived credentials"
+        )
     if settings.public_url is None:
         settings.public_url = derive_public_url(settings.announce_ip, settings.port)
     return settings
+
+
+def _check_port_range(settings: Settings, source_of: Mapping[str, str]) -> None:
+    low, high = settings.rtc_port_min, settings.rtc_port_max
+    if low == 0 and high == 0:
+        return
+    where = f"rtc_port_min ({source_of.get('rtc_port_min', 'default')}), rtc_port_max ({source_of.get('rtc_port_max', 'default')})"
+    if low == 0 or high == 0:
+        raise ConfigError(f"{where}: set both ends of the UDP port range, e.g. 40000 and 40999 (or neither)")
+    if low < 1024 or low > high:
+        raise ConfigError(f"{where}: expected 1024 <= rtc_port_min <= rtc_port_max, got {low}-{high}")

@@ -8,7 +8,7 @@ knowledge of configuration files or databases.
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple, Protocol, Union
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
 
 from aiohttp import web
 
@@ -59,6 +59,8 @@ class SignalingService:
         media: MediaSettings,
         max_participants: int = 200,
         auth_error: type[Exception] = Exception,
+        ice_servers: Optional[Callable[[str], list[dict]]] = None,
+        media_pool: Any = None,
     ) -> None:
         self.tokens = tokens
         self.storage = storage
@@ -69,6 +71,17 @@ class SignalingService:
         self.sessions: set[Session] = set()
         self.controls: dict[str, MeetingControl] = {}  # meeting id -> chair state
         self.chair = Chair(self)
+        self._ice_servers = ice_servers
+        #: media.pool.WorkerPool when media runs in worker processes; None: in this process
+        self.media_pool = media_pool
+        if media_pool is not None:
+            media_pool.on_sites_lost = self._media_lost
+
+    def ice_servers_for(self, site_id: str) -> list[dict]:
+        """STUN/TURN servers for a join reply; TURN credentials are minted per site and join."""
+        if self._ice_servers is not None:
+            return self._ice_servers(site_id)
+        return list(self.media.ice_servers)
 
     def admit(self, token: str) -> Union[tuple[Any, Any], Refusal]:
         """Verify a join token and find its meeting; a refusal is (code, message, close code)."""
@@ -102,7 +115,8 @@ class SignalingService:
     def room_for(self, meeting: Any) -> Room:
         room = self.rooms.get(meeting.id)
         if room is None:
-            room = Room(meeting.id, meeting.title, self.media, self.max_participants, self.control_for(meeting.id))
+            router = self.media_pool.router(meeting.id) if self.media_pool is not None else None
+            room = Room(meeting.id, meeting.title, self.media, self.max_participants, self.control_for(meeting.id), router=router)
             self.rooms[meeting.id] = room
         return room
 
@@ -131,6 +145,22 @@ class SignalingService:
     def room_maybe_empty(self, room: Room) -> None:
         if room.empty and self.rooms.get(room.meeting_id) is room:
             del self.rooms[room.meeting_id]
+            if self.media_pool is not None:
+                self.media_pool.drop_router(room.meeting_id)
+
+    def _media_lost(self, meeting_id: str, participant_ids: list[str]) -> None:
+        """A media worker died: its sites' connections are gone with it. Tell each site to
+        reconnect (its page does so at once and lands on a live worker); the meeting, the
+        chair's decisions and every other site carry on."""
+        room = self.rooms.get(meeting_id)
+        if room is None:
+            return
+        logger.warning("meeting %s: media worker lost; %d site(s) reconnecting", meeting_id, len(participant_ids))
+        for pid in participant_ids:
+            session = room.sessions.get(pid)
+            if session is not None:
+                session.send({"type": "bye", "reason": "media_restart"})
+                session.close(1012, "media worker restarted")
 
     def event(self, meeting_id: str, kind: str, site_id: Any = None, data: Any = None) -> None:
         try:
