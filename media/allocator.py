@@ -65,16 +65,25 @@ class StreamAllocator:
         self.next_step_bps = 0.0
         self.ceiling = 0.0  # received rate of the last failed probe (0: none)
         self.audio_bps = 0.0
+        # Cap set by the hub's EgressBudget (media/budget.py) while the server's own uplink
+        # is short: slot -> highest layer allowed (-1: paused); None: no cap.
+        self.limits: Optional[dict["Consumer", int]] = None
 
     # ---------------------------------------------------------------- allocation
 
-    def _plan(self, budget: float, consumers: list["Consumer"], keep: float = 1.0) -> dict["Consumer", int]:
+    def _plan(
+        self, budget: float, consumers: list["Consumer"], keep: float = 1.0, limits: Optional[dict["Consumer", int]] = None
+    ) -> dict["Consumer", int]:
         """`keep` < 1 lets a slot that is playing stay on its lowest layer with a slightly
-        short budget: pausing and resuming around one threshold would flap."""
+        short budget: pausing and resuming around one threshold would flap. `limits` (the
+        egress budget's caps) bound each slot's layer; a slot not in them is paused."""
         plan: dict["Consumer", int] = {}
         for c in consumers:
             p = c.producer
             if p is None:
+                continue
+            if limits is not None and limits.get(c, -1) < 0:
+                plan[c] = -1
                 continue
             r = layer_rate(p.streams[0], 0)
             need = r * keep if not c.paused and not c.fresh else r
@@ -88,6 +97,8 @@ class StreamAllocator:
             if p is None or plan.get(c, -1) < 0:
                 continue
             top = len(p.streams) - 1 if c.index == 0 else min(THUMBNAIL_MAX_LAYER, len(p.streams) - 1)
+            if limits is not None:
+                top = min(top, limits.get(c, -1))
             layer = plan[c]
             while layer < top:
                 extra = layer_rate(p.streams[layer + 1], layer + 1) - layer_rate(p.streams[layer], layer)
@@ -126,10 +137,13 @@ class StreamAllocator:
         # fit: a delay-based dip alone (a busy host, a jittery path) must not blank a picture
         unproven = t.estimator.mode == "none" or not t.estimator.verified
         lossy = t.estimator.loss > LOSS_HIGH or (t.estimator.mode == "remb" and t.estimator.remb_bps is not None)
-        down = self._plan(budget, consumers, keep=0.0 if unproven or not lossy else 0.8)
-        up = self._plan(budget / UPGRADE_MARGIN, consumers)
-        ideal = self._plan(float("inf"), consumers)
-        self.desired_bps = self._cost(ideal) + audio
+        limits = self.limits
+        down = self._plan(budget, consumers, keep=0.0 if unproven or not lossy else 0.8, limits=limits)
+        up = self._plan(budget / UPGRADE_MARGIN, consumers, limits=limits)
+        wanted = self._plan(float("inf"), consumers)
+        self.desired_bps = self._cost(wanted) + audio  # what the egress budget sees asked for
+        # beyond this point "ideal" is what the budget allows: no probing for the rest
+        ideal = self._plan(float("inf"), consumers, limits=limits) if limits is not None else wanted
         self.deficient = any(down.get(c, -1) < ideal.get(c, -1) for c in consumers)
         # what one more step costs for the first slot that wants more (the probe aims there)
         self.next_step_bps = 0.0
@@ -144,7 +158,7 @@ class StreamAllocator:
         for c in consumers:
             current = c.layer if not c.paused else -1
             if c.fresh or down[c] < current:
-                self._apply(c, down[c], "congestion" if down[c] < ideal[c] else "ok")
+                self._apply(c, down[c], "congestion" if down[c] < ideal[c] else "budget" if down[c] < wanted[c] else "ok")
                 c.fresh = False
             elif up[c] > current:
                 upgrade = True
@@ -155,7 +169,7 @@ class StreamAllocator:
                 for c in consumers:
                     current = c.layer if not c.paused else -1
                     if up[c] > current:
-                        self._apply(c, up[c], "ok" if up[c] >= ideal[c] else "congestion")
+                        self._apply(c, up[c], "congestion" if up[c] < ideal[c] else "budget" if up[c] < wanted[c] else "ok")
                 self.upgrade_since = 0.0
         else:
             self.upgrade_since = 0.0

@@ -104,7 +104,7 @@ async def _security_headers(request: web.Request, handler):
 async def build_app(settings: Settings, storage: Storage, tokens: TokenService) -> web.Application:
     app = web.Application(middlewares=[_security_headers], client_max_size=1024 * 1024)
     signaling = SignalingService(
-        tokens, storage, media_settings(settings), max_participants=settings.max_participants, auth_error=AuthError,
+        tokens, storage, media_settings(settings), max_participants=settings.max_participants, auth_error=AuthError, egress_bps=settings.egress_mbps * 1_000_000,
         ice_servers=IceServers(settings.turn_urls, settings.turn_secret, settings.turn_ttl_s).for_site,
     )
     app[SIGNALING_KEY] = signaling

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the conferencing server until stopped")
     _add_settings_flags(serve, with_host=True)
+    serve.add_argument("--egress-mbps", type=int, help="the server's uplink for media in Mbit/s; layers are lowered to stay under it (default 0: unlimited)")
     serve.add_argument("--rtc-port-min", type=int, help="lowest UDP port for media (with --rtc-port-max; default: any)")
     serve.add_argument("--rtc-port-max", type=int, help="highest UDP port for media (open this range in the firewall)")
 
@@ -87,6 +88,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "data_dir": args.data_dir,
         "announce_ip": args.announce_ip,
         "public_url": args.public_url,
+        "egress_mbps": getattr(args, "egress_mbps", None),
         "rtc_port_min": getattr(args, "rtc_port_min", None),
         "rtc_port_max": getattr(args, "rtc_port_max", None),
     }

@@ -55,6 +55,9 @@ class Settings:
     max_participants: int = 200
     log_level: str = "info"
     log_format: str = "text"
+    #: The hub's own uplink for media, Mbit/s (0 = unlimited). When what every site could
+    #: take exceeds it, layers are lowered across sites by priority (media/budget.py).
+    egress_mbps: int = 0
     demo_meeting: bool = True
     #: UDP ports ICE host candidates bind to, for a firewall that opens a fixed range; 0/0 =
     #: any port. Each connected site holds one port, so the range must cover every site.
@@ -230,6 +233,7 @@ _CONVERTERS: dict[str, Any] = {
     "max_participants": lambda k, s, v: _to_int(k, s, v, 1, 10_000),
     "log_level": lambda k, s, v: _to_choice(k, s, v, LOG_LEVELS),
     "log_format": lambda k, s, v: _to_choice(k, s, v, LOG_FORMATS),
+    "egress_mbps": lambda k, s, v: _to_int(k, s, v, 0, 1_000_000),
     "demo_meeting": _to_bool,
     "rtc_port_min": lambda k, s, v: _to_int(k, s, v, 0, 65535),
     "rtc_port_max": lambda k, s, v: _to_int(k, s, v, 0, 65535),

@@ -37,11 +37,19 @@ class RoomCollector:
         switches = CounterMetricFamily("hoinghi_layer_switches", "Simulcast layer or source switches", labels=["meeting"])
         paused = GaugeMetricFamily("hoinghi_paused_video_slots", "Video slots paused for lack of bandwidth", labels=["meeting"])
         rooms = GaugeMetricFamily("hoinghi_rooms", "Live meetings")
+        egress = GaugeMetricFamily("hoinghi_egress_bps", "The server's media uplink budget (bit/s): capacity (0 = unlimited), sent, demand, planned", labels=["what"])
+        egress_limited = GaugeMetricFamily("hoinghi_egress_limited_receivers", "Receivers whose layers the uplink budget lowers")
         connections = GaugeMetricFamily("hoinghi_signaling_connections", "Open signaling WebSockets")
         estimates: list[float] = []
         sig = self.signaling
         rooms.add_metric([], len(sig.rooms))
         connections.add_metric([], len(sig.sessions))
+        budget = getattr(sig, "egress", None)
+        if budget is not None:
+            snap = budget.snapshot()
+            for what in ("capacity", "sent", "demand", "planned"):
+                egress.add_metric([what], snap[f"{what}_bps"])
+            egress_limited.add_metric([], snap["limited_receivers"])
         for mid, room in sig.rooms.items():
             transports = list(room.router.transports.values())
             participants.add_metric([mid], len(room.sessions))
@@ -70,6 +78,7 @@ class RoomCollector:
         estimate = HistogramMetricFamily(
             "hoinghi_downlink_estimate_bps", "Per-site downlink bandwidth estimates", buckets=buckets, sum_value=sum(estimates)
         )
+        yield from (egress, egress_limited)
         yield from (rooms, connections, participants, streams, packets, octets, dropped, lost, nacks, retx, switches, paused, estimate)
 
 

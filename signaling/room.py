@@ -109,6 +109,7 @@ class Room:
         self._stats_task: Optional[asyncio.Task] = None
         self._counters: dict[str, tuple[float, int, int]] = {}  # pid -> (time, bytes in, bytes out)
         self.last_summaries: dict[str, dict] = {}  # pid -> link summary of the last round (admin roster)
+        self.egress: Any = None  # the process's media.budget.EgressBudget (chairs see its figures)
 
     def by_site(self, site_id: Optional[str]) -> Optional["Session"]:
         if site_id is None:
@@ -245,6 +246,8 @@ class Room:
             msg: dict[str, Any] = {"type": "link_stats", "self": own}
             if session.participant is not None and session.participant.is_chair:
                 msg["participants"] = summaries
+                if self.egress is not None:
+                    msg["egress"] = self.egress.snapshot()
             session.send(msg)
 
     def _summary(self, pid: str, st: Optional[dict], now: float) -> dict:

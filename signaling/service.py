@@ -13,6 +13,7 @@ from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
 from aiohttp import web
 
 from media import MediaSettings
+from media.budget import EgressBudget
 
 from .chair import Chair
 from .room import MeetingControl, Room
@@ -59,6 +60,7 @@ class SignalingService:
         media: MediaSettings,
         max_participants: int = 200,
         auth_error: type[Exception] = Exception,
+        egress_bps: float = 0.0,
         ice_servers: Optional[Callable[[str], list[dict]]] = None,
         media_pool: Any = None,
     ) -> None:
@@ -71,6 +73,8 @@ class SignalingService:
         self.sessions: set[Session] = set()
         self.controls: dict[str, MeetingControl] = {}  # meeting id -> chair state
         self.chair = Chair(self)
+        #: the server's uplink shared by every receiver of this process (0 = unlimited)
+        self.egress = EgressBudget(egress_bps, self._local_transports)
         self._ice_servers = ice_servers
         #: media.pool.WorkerPool when media runs in worker processes; None: in this process
         self.media_pool = media_pool
@@ -106,6 +110,10 @@ class SignalingService:
             return Refusal("meeting_locked", "the meeting is locked: no new sites are let in; call the hub", CLOSE_FORBIDDEN)
         return claims, meeting
 
+    def _local_transports(self) -> list:
+        """Receivers whose media this process sends (what its EgressBudget divides)."""
+        return [t for room in self.rooms.values() for t in getattr(room.router, "transports", {}).values()]
+
     def control_for(self, meeting_id: str) -> MeetingControl:
         control = self.controls.get(meeting_id)
         if control is None:
@@ -118,6 +126,8 @@ class SignalingService:
             router = self.media_pool.router(meeting.id) if self.media_pool is not None else None
             room = Room(meeting.id, meeting.title, self.media, self.max_participants, self.control_for(meeting.id), router=router)
             self.rooms[meeting.id] = room
+            room.egress = self.egress
+            self.egress.start()
         return room
 
     def expected_sites(self, meeting_id: str) -> list[tuple[str, str, str | None]]:
@@ -182,6 +192,7 @@ class SignalingService:
         return ws
 
     async def shutdown(self) -> None:
+        self.egress.stop()
         for session in list(self.sessions):
             session.send({"type": "bye", "reason": "server_shutdown"})
             session.close(1001, "server shutdown")
