@@ -588,6 +588,8 @@ export class Conference extends EventTarget {
       case "link_stats":
         this.linkStats = msg.self || null;
         if (msg.participants && typeof msg.participants === "object") this.rosterStats = msg.participants;
+        // chairs: the server's own uplink (capacity 0 = unlimited), see media/budget.py
+        if (msg.egress && typeof msg.egress === "object") this.egress = msg.egress;
         this._emit("link_stats");
         break;
       case "chair_done":

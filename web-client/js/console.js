@@ -250,6 +250,7 @@ export class HubConsole extends PageApp {
       hands: $("#hands"),
       rollBox: $("#rollcall-box"),
       meetingState: $("#meeting-state"),
+      egress: $("#egress"),
       search: $("#roster-search"),
       filters: [...document.querySelectorAll("[data-filter]")],
       muteAll: $("#btn-mute-all"),
@@ -269,7 +270,10 @@ export class HubConsole extends PageApp {
     this._bindConsole();
     await super.start();
     if (!this.conf) return;
-    this.conf.addEventListener("link_stats", () => this.renderRoster());
+    this.conf.addEventListener("link_stats", () => {
+      this.renderRoster();
+      this.renderEgress();
+    });
     this.conf.addEventListener("speaker", () => this.renderConsole());
     this.conf.addEventListener("roll_call", () => {
       const rc = this.conf.rollCall;
@@ -593,6 +597,24 @@ export class HubConsole extends PageApp {
     if (g !== "__chairs") b.append(el("span", "group-count", t("console.group.count", { n: joined, of: total })));
     if (hands) b.append(el("span", "tag tag-hand", t("console.group.hands", { n: hands })));
     return tr;
+  }
+
+  /** The server's own uplink: what it sends now against the operator's capacity. */
+  renderEgress() {
+    const box = this.c?.egress;
+    const e = this.conf?.egress;
+    if (!box) return;
+    box.hidden = !e;
+    if (!e) return;
+    const mbit = (bps) => (bps / 1e6).toFixed(bps < 10e6 ? 1 : 0);
+    const cap = e.capacity_bps || 0;
+    box.textContent = cap
+      ? t("console.egress", { used: mbit(e.sent_bps || 0), cap: mbit(cap) })
+      : t("console.egress_unlimited", { used: mbit(e.sent_bps || 0) });
+    box.classList.toggle("egress-full", !!cap && (e.limiting || (e.sent_bps || 0) > 0.9 * cap));
+    if (e.limiting && e.limited_receivers)
+      box.append(el("span", "egress-limited", t("console.egress_limited", { n: e.limited_receivers })));
+    box.title = cap ? t("console.egress_title", { demand: mbit(e.demand_bps || 0), cap: mbit(cap) }) : "";
   }
 
   /** Head of the live panel, hands queue, roll-call box and the chair's footer buttons. */
