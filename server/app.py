@@ -150,6 +150,12 @@ def run(settings: Settings) -> None:
             settings.data_dir,
         )
     try:
-        web.run_app(make(), host=settings.host, port=settings.port, access_log_format='%a "%r" %s %b %Tf', print=None)
+        # SIGTERM: stop listening, on_shutdown tells every site to come back (bye
+        # server_shutdown) and closes media; connections left after 3 s are cut.
+        web.run_app(
+            make(), host=settings.host, port=settings.port, access_log_format='%a "%r" %s %b %Tf', print=None,
+            shutdown_timeout=3.0,
+        )
+        logger.info("hoinghi stopped")
     finally:
         storage.close()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 LEVELS = ("province", "district", "commune")
 MEETING_STATUSES = ("scheduled", "live", "ended")
@@ -90,6 +90,17 @@ _MIGRATIONS: list[str] = [
         connected    INTEGER NOT NULL DEFAULT 0 CHECK (connected IN (0, 1)),
         answered_at  REAL NULL,
         PRIMARY KEY (roll_call_id, site_id)
+    );
+    """,
+    # 2 -> 3: who the chair removed from a meeting and who has been in it (may rejoin when
+    # it is locked). In memory before, so a restart readmitted removed sites.
+    """
+    CREATE TABLE meeting_admissions (
+        meeting_id TEXT NOT NULL REFERENCES meetings(id) ON DELETE CASCADE,
+        site_id    TEXT NOT NULL,
+        admitted   INTEGER NOT NULL DEFAULT 0 CHECK (admitted IN (0, 1)),
+        removed    INTEGER NOT NULL DEFAULT 0 CHECK (removed IN (0, 1)),
+        PRIMARY KEY (meeting_id, site_id)
     );
     """,
 ]
@@ -247,6 +258,11 @@ class Storage:
         return str(self._conn.execute("PRAGMA journal_mode").fetchone()[0])
 
     def close(self) -> None:
+        """Checkpoint the WAL into the main file, then close: a clean shutdown leaves one file."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # another process holds a read lock: the WAL stays, SQLite replays it on open
         self._conn.close()
 
     def __enter__(self) -> Storage:
@@ -550,6 +566,26 @@ class Storage:
         ]
 
     # ------------------------------------------------------------------ demo
+
+    # ------------------------------------------------------------------ admissions
+
+    def site_admissions(self, meeting_id: str) -> tuple[set[str], set[str]]:
+        """(sites that have been in, sites the chair removed) of a meeting."""
+        rows = self._conn.execute(
+            "SELECT site_id, admitted, removed FROM meeting_admissions WHERE meeting_id = ?", (meeting_id,)
+        ).fetchall()
+        return {r["site_id"] for r in rows if r["admitted"]}, {r["site_id"] for r in rows if r["removed"]}
+
+    def set_site_admission(self, meeting_id: str, site_id: str, flag: str, value: bool) -> None:
+        """Set `admitted` or `removed` for one site of a meeting."""
+        if flag not in ("admitted", "removed"):
+            raise ValueError(f"unknown admission flag {flag!r}")
+        with self._tx() as conn:
+            conn.execute(
+                f"INSERT INTO meeting_admissions (meeting_id, site_id, {flag}) VALUES (?, ?, ?) "
+                f"ON CONFLICT (meeting_id, site_id) DO UPDATE SET {flag} = excluded.{flag}",
+                (meeting_id, site_id, int(value)),
+            )
 
     def ensure_demo(self) -> Meeting:
         """Create the demo meeting, and three demo sites if the registry is empty.

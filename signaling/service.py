@@ -15,6 +15,7 @@ from aiohttp import web
 from media import MediaSettings
 from media.budget import EgressBudget
 
+from .admissions import load_admissions
 from .chair import Chair
 from .room import MeetingControl, Room
 from .schema import MAX_MESSAGE_BYTES
@@ -46,6 +47,11 @@ class MeetingStore(Protocol):
     def attendance(self, roll_call_id: int) -> list[Any]: ...
 
 
+#: Delay the `bye` of a shutdown asks clients to wait before rejoining: long enough for a
+#: service manager to start the new process, short enough that nobody notices.
+RESTART_RETRY_MS = 2000
+
+
 class Refusal(NamedTuple):
     code: str
     message: str
@@ -73,6 +79,7 @@ class SignalingService:
         self.sessions: set[Session] = set()
         self.controls: dict[str, MeetingControl] = {}  # meeting id -> chair state
         self.chair = Chair(self)
+        self.closing = False  # set by shutdown(): joins are refused from then on
         #: the server's uplink shared by every receiver of this process (0 = unlimited)
         self.egress = EgressBudget(egress_bps, self._local_transports)
         self._ice_servers = ice_servers
@@ -89,6 +96,8 @@ class SignalingService:
 
     def admit(self, token: str) -> Union[tuple[Any, Any], Refusal]:
         """Verify a join token and find its meeting; a refusal is (code, message, close code)."""
+        if self.closing:
+            return Refusal("server_shutdown", "the server is restarting; reconnect in a few seconds", 1001)
         try:
             claims = self.tokens.verify(token)
         except self.auth_error as exc:
@@ -103,10 +112,10 @@ class SignalingService:
             return Refusal("meeting_ended", "this meeting has ended", CLOSE_NOT_FOUND)
         if claims.role == "site" and not self.storage.site_may_join(claims.meeting_id, claims.site_id):
             return Refusal("not_invited", f"site {claims.site_id!r} is not on this meeting's list", CLOSE_FORBIDDEN)
-        control = self.controls.get(meeting.id)
-        if claims.role == "site" and control is not None and claims.site_id in control.removed:
+        control = self.control_for(meeting.id)  # loads the stored removed/admitted lists
+        if claims.role == "site" and claims.site_id in control.removed:
             return Refusal("removed", "the hub removed this site from the meeting; call the hub to be let back in", CLOSE_FORBIDDEN)
-        if claims.role == "site" and meeting.locked and (control is None or claims.site_id not in control.admitted):
+        if claims.role == "site" and meeting.locked and claims.site_id not in control.admitted:
             return Refusal("meeting_locked", "the meeting is locked: no new sites are let in; call the hub", CLOSE_FORBIDDEN)
         return claims, meeting
 
@@ -118,6 +127,7 @@ class SignalingService:
         control = self.controls.get(meeting_id)
         if control is None:
             control = self.controls[meeting_id] = MeetingControl()
+            load_admissions(control, self.storage, meeting_id)
         return control
 
     def room_for(self, meeting: Any) -> Room:
@@ -192,9 +202,23 @@ class SignalingService:
         return ws
 
     async def shutdown(self) -> None:
+        """SIGTERM: admit nobody, tell every site the server is restarting (the client then
+        rejoins with a short delay, on its own), and close every media transport.
+
+        The meeting itself is untouched: its status, lock, removals, events and roll calls
+        are in storage, so the restarted server takes the sites back where they were.
+        """
+        self.closing = True
         self.egress.stop()
+        for meeting_id in list(self.rooms):
+            self.event(meeting_id, "server_shutdown")
         for session in list(self.sessions):
-            session.send({"type": "bye", "reason": "server_shutdown"})
-            session.close(1001, "server shutdown")
+            session.send({
+                "type": "bye",
+                "reason": "server_shutdown",
+                "retry_after_ms": RESTART_RETRY_MS,
+                "message": "the server is restarting; reconnecting shortly",
+            })
+            session.close(1001, "server restarting")
         for room in list(self.rooms.values()):
             await room.close()

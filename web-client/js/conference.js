@@ -338,6 +338,7 @@ export class Conference extends EventTarget {
     const gen = ++this.gen;
     this._fatal = null;
     this._bye = null;
+    this._byeRetryMs = 0;
     this._opened = false;
     this.phase = "socket";
     if (this.state !== "reconnecting") this._setState("connecting");
@@ -393,7 +394,12 @@ export class Conference extends EventTarget {
     } else if (code === "auth_missing") {
       // We always send join at once; the server timed out waiting for it: a slow link.
       this._scheduleReconnect("link_lost");
-    } else if (bye === "server_shutdown") {
+    } else if (bye === "server_shutdown" || code === "server_shutdown") {
+      // The server is restarting: come back by ourselves, a little after it said to.
+      this.attempt = 0;
+      this._scheduleReconnect("server_restart", this._byeRetryMs || 0);
+    } else if (!this._opened && this.reconnectReason === "server_restart" && this.attempt < 6) {
+      // Still restarting (about a minute of retries): keep saying so rather than blaming the site's network.
       this._scheduleReconnect("server_restart");
     } else if (code === "meeting_full") {
       this._scheduleReconnect("meeting_full", MEETING_FULL_RETRY_MS);
@@ -544,6 +550,8 @@ export class Conference extends EventTarget {
         break;
       case "bye":
         this._bye = typeof msg.reason === "string" ? msg.reason : "unknown";
+        // server_shutdown: the server asks to wait this long before rejoining (it restarts)
+        this._byeRetryMs = Number.isFinite(msg.retry_after_ms) ? Math.min(Math.max(msg.retry_after_ms, 0), 60_000) : 0;
         break;
       case "floor":
       case "spotlight":

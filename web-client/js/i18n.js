@@ -37,7 +37,7 @@ const STRINGS = {
     "reason.server_unreachable": "Không liên lạc được với máy chủ. Hãy kiểm tra dây mạng hoặc Wi-Fi của máy này.",
     "reason.media_failed": "Không nối được hình và tiếng tới máy chủ (có thể mạng hoặc tường lửa đang chặn).",
     "reason.link_lost": "Đường truyền tới máy chủ bị ngắt.",
-    "reason.server_restart": "Máy chủ đang khởi động lại.",
+    "reason.server_restart": "Máy chủ đang khởi động lại. Điểm cầu sẽ tự vào lại cuộc họp sau ít giây, không cần làm gì.",
     "reason.offline": "Máy này đang mất mạng. Hãy kiểm tra dây mạng hoặc Wi-Fi.",
 
     "err.title": "Không vào được phòng họp",
@@ -469,7 +469,7 @@ const STRINGS = {
     "reason.server_unreachable": "Cannot reach the server. Check this computer's network cable or Wi-Fi.",
     "reason.media_failed": "Sound and video could not get through to the server (the network or a firewall may be blocking them).",
     "reason.link_lost": "The link to the server was cut.",
-    "reason.server_restart": "The server is restarting.",
+    "reason.server_restart": "The server is restarting. This site will rejoin the meeting by itself in a few seconds; nothing to do.",
     "reason.offline": "This computer is offline. Check the network cable or Wi-Fi.",
 
     "err.title": "Could not join the meeting",
