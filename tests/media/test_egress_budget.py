@@ -1,0 +1,142 @@
+"""The hub's uplink budget with real peers: raw publishers and receivers on loopback (real
+signaling, ICE, DTLS, SRTP), the real server, the budget changed at run time.
+
+Four publishers (one holding the floor), three receivers with four video slots each. With
+no limit every receiver gets all four; with a budget that carries about two streams per
+receiver, what the server sends stays under it and every receiver keeps the floor; with
+room for one, only the floor is left; lifting the budget brings the thumbnails back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from loadtest.rawpeer import FeedbackTicker, HoinghiSite, Pacer
+from media.allocator import layer_rate
+from media.budget import HEADROOM
+
+pytestmark = pytest.mark.slow
+
+
+async def _until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what} not reached within {timeout} s")
+
+
+async def _window(transports, seconds: float) -> tuple[float, list[list[int]]]:
+    """Bit/s the server sent to these receivers over a window, and packets per video slot."""
+    b0 = sum(t.bytes_out for t in transports)
+    p0 = [[c.packets for c in t.consumers["video"]] for t in transports]
+    t0 = time.monotonic()
+    await asyncio.sleep(seconds)
+    rate = (sum(t.bytes_out for t in transports) - b0) * 8 / (time.monotonic() - t0)
+    per_slot = [[c.packets - p for c, p in zip(t.consumers["video"], before)] for t, before in zip(transports, p0)]
+    return rate, per_slot
+
+
+async def test_budget_keeps_egress_under_capacity_and_the_floor_last(hoinghi_server):
+    server = hoinghi_server
+    sig = server.signaling
+    http = aiohttp.ClientSession()
+    peers: list[HoinghiSite] = []
+    pacer = Pacer(fps=30, rate=60, audio=False)
+    ticker = None
+    try:
+        pubs = []
+        for sid in ("floor", "t1", "t2", "t3"):
+            p = HoinghiSite(http, server.url, server.token(sid), sid, payload_size=600, publish_video=True)
+            await p.join()
+            await p.negotiate()
+            await p.wait_connected()
+            pacer.sources.append(p.video)
+            pubs.append(p)
+            peers.append(p)
+        pacer.start()
+        receivers = []
+        for i in range(3):
+            r = HoinghiSite(http, server.url, server.token(f"r{i}"), f"r{i}", publish_video=False, video_slots=4, audio_slots=1)
+            await r.join()
+            await r.negotiate()
+            await r.wait_connected()
+            receivers.append(r)
+            peers.append(r)
+        ticker = FeedbackTicker(receivers)
+        ticker.start()
+        await sig.chair.act("demo", "floor", site_id="floor")
+        room = sig.rooms["demo"]
+        router = room.router
+        floor_pid = pubs[0].participant_id
+        rts = [router.transports[r.participant_id] for r in receivers]
+
+        def flowing(t, n: int) -> bool:
+            return sum(1 for c in t.consumers["video"] if c.producer is not None and not c.paused) == n
+
+        await _until(lambda: all(t.consumers["video"][0].producer is not None and t.consumers["video"][0].producer.participant_id == floor_pid for t in rts), 10, "floor on every stage")
+        await _until(lambda: all(flowing(t, 4) for t in rts), 15, "four streams to every receiver")
+        free_rate, free_slots = await _window(rts, 2.0)
+        assert all(all(n > 0 for n in slots) for slots in free_slots), free_slots
+        assert not sig.egress.limiting
+
+        # what one stream costs, as the budget counts it
+        stream = router.transports[floor_pid].producers["video"].streams[0]
+        one = layer_rate(stream, 0)
+
+        # room for two streams per receiver (six and a half in all): the stage and the first
+        # thumbnail; the budget serves by priority across receivers, so a seventh would not fit
+        cap2 = 6.5 * one / (1 - HEADROOM)
+        assert free_rate > cap2, (free_rate, cap2)  # the budget below must bind
+        sig.egress.set_capacity(cap2)
+        await _until(lambda: all(flowing(t, 2) for t in rts), 5, "two streams per receiver")
+        await asyncio.sleep(0.5)  # switches settle (a paused slot stops at once)
+        rate, slots = await _window(rts, 3.0)
+        assert rate < cap2, (rate, cap2)
+        for t, per in zip(rts, slots):
+            assert t.consumers["video"][0].producer.participant_id == floor_pid
+            assert per[0] > 0 and per[1] > 0 and per[2] == 0 and per[3] == 0, per
+            assert t.consumers["video"][2].reason == "budget"
+        snap = sig.egress.snapshot()
+        assert snap["limiting"] and snap["limited_receivers"] == 3 and snap["paused_slots"] == 6, snap
+        assert snap["capacity_bps"] == round(cap2) and snap["planned_bps"] <= cap2 * (1 - HEADROOM)
+        assert snap["demand_bps"] > cap2
+
+        # room for one stream each: only the floor is left
+        cap1 = 3.5 * one / (1 - HEADROOM)
+        sig.egress.set_capacity(cap1)
+        await _until(lambda: all(flowing(t, 1) for t in rts), 5, "the floor alone")
+        await asyncio.sleep(0.5)
+        rate, slots = await _window(rts, 2.0)
+        assert rate < cap1, (rate, cap1)
+        assert all(per[0] > 0 and sum(per[1:]) == 0 for per in slots), slots
+        # the receivers really got the floor's packets (decrypted at the peer)
+        got = [sum(s.received for s in r.receiver.streams.values() if s.video) for r in receivers]
+        assert all(g > 0 for g in got), got
+
+        # the chair's console is told (link_stats to chairs carries the budget)
+        chair = HoinghiSite(http, server.url, server.token("hub", "hub"), "hub", publish_video=False)
+        peers.append(chair)
+        await chair.join()
+        stats = await chair._request({"type": "ping"}, "pong", 5)  # joined and reading
+        assert stats["type"] == "pong"
+        fut = asyncio.get_running_loop().create_future()
+        chair._waiters.append(("link_stats", fut))
+        msg = await asyncio.wait_for(fut, 5)
+        assert msg["egress"]["capacity_bps"] == round(cap1) and msg["egress"]["limiting"] is True
+
+        # lifted: every thumbnail comes back
+        sig.egress.set_capacity(0)
+        await _until(lambda: all(flowing(t, 4) for t in rts), 15, "all four streams again")
+        assert not sig.egress.limiting and all(t.allocator.limits is None for t in rts)
+    finally:
+        await pacer.stop()
+        if ticker is not None:
+            await ticker.stop()
+        await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
+        await http.close()
