@@ -357,6 +357,30 @@ class Router:
         t = self.transports.get(participant_id)
         return t.stats() if t is not None else None
 
+    def totals(self) -> dict:
+        """Counters for /metrics, summed over this router's own transports (in worker mode
+        each worker sends its share and the control process adds them up)."""
+        transports = [t for t in self.transports.values()]
+        recv = [s for t in transports for p in t.producers.values() for s in p.streams]
+        consumers = [c for t in transports for cs in t.consumers.values() for c in cs]
+        return {
+            "streams_in_audio": sum(1 for t in transports if "audio" in t.producers),
+            "streams_in_video": sum(1 for t in transports if "video" in t.producers),
+            "streams_out_audio": sum(1 for c in consumers if c.kind == "audio" and c.source is not None),
+            "streams_out_video": sum(1 for c in consumers if c.kind == "video" and c.source is not None),
+            "packets_in": sum(t.packets_in + t.rtcp_in for t in transports),
+            "packets_out": sum(t.packets_out for t in transports),
+            "bytes_in": sum(t.bytes_in for t in transports),
+            "bytes_out": sum(t.bytes_out for t in transports),
+            "dropped": sum(t.dropped_in for t in transports),
+            "lost": sum(s.lost_for_good for s in recv),
+            "nacks": sum(s.nacks_sent for s in recv),
+            "retransmissions": sum(c.retransmits for c in consumers),
+            "switches": sum(c.switches for c in consumers),
+            "paused": sum(1 for c in consumers if c.kind == "video" and c.paused),
+            "estimates": [t.estimator.estimate for t in transports if t.estimator.mode != "none"],
+        }
+
     def stats(self) -> dict:
         packets_in = sum(t.packets_in for t in self.transports.values())
         packets_out = sum(t.packets_out for t in self.transports.values())

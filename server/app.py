@@ -17,6 +17,7 @@ from aiohttp import web
 
 from media import MediaSettings
 from media.network import PortRange, is_local_address
+from media.pool import WorkerPool, default_workers
 from server.admin import setup_routes as setup_admin_routes
 from server.metrics import setup_routes as setup_metrics_routes
 from server.recordings import setup_routes as setup_recording_routes
@@ -32,6 +33,7 @@ WEB_ROOT = Path(__file__).resolve().parent.parent / "web-client"
 
 SIGNALING_KEY = web.AppKey("signaling", SignalingService)
 STORAGE_KEY = web.AppKey("storage", Storage)
+POOL_KEY = web.AppKey("media_pool", object)  # media.pool.WorkerPool, or None (media in-process)
 
 
 def media_settings(settings: Settings) -> MediaSettings:
@@ -103,10 +105,18 @@ async def _security_headers(request: web.Request, handler):
 
 async def build_app(settings: Settings, storage: Storage, tokens: TokenService) -> web.Application:
     app = web.Application(middlewares=[_security_headers], client_max_size=1024 * 1024)
+    media = media_settings(settings)
+    pool: Optional[WorkerPool] = None
+    if settings.workers != 0:
+        count = default_workers() if settings.workers < 0 else settings.workers
+        pool = WorkerPool(count, media, log_level=settings.log_level.upper(), log_json=settings.log_format == "json")
+        await pool.start()
     signaling = SignalingService(
-        tokens, storage, media_settings(settings), max_participants=settings.max_participants, auth_error=AuthError, egress_bps=settings.egress_mbps * 1_000_000,
+        tokens, storage, media, max_participants=settings.max_participants, auth_error=AuthError, egress_bps=settings.egress_mbps * 1_000_000,
         ice_servers=IceServers(settings.turn_urls, settings.turn_secret, settings.turn_ttl_s).for_site,
+        media_pool=pool,
     )
+    app[POOL_KEY] = pool
     app[SIGNALING_KEY] = signaling
     app[STORAGE_KEY] = storage
     app.router.add_get("/", _index)
@@ -121,6 +131,8 @@ async def build_app(settings: Settings, storage: Storage, tokens: TokenService) 
 
     async def on_shutdown(app: web.Application) -> None:
         await signaling.shutdown()
+        if pool is not None:
+            await pool.stop()
 
     app.on_shutdown.append(on_shutdown)
     return app

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the conferencing server until stopped")
     _add_settings_flags(serve, with_host=True)
     serve.add_argument("--egress-mbps", type=int, help="the server's uplink for media in Mbit/s; layers are lowered to stay under it (default 0: unlimited)")
+    serve.add_argument("--workers", help='media worker processes: "auto" (one per core, default), 0 = media in one process, or a number')
     serve.add_argument("--rtc-port-min", type=int, help="lowest UDP port for media (with --rtc-port-max; default: any)")
     serve.add_argument("--rtc-port-max", type=int, help="highest UDP port for media (open this range in the firewall)")
 
@@ -78,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(sample, with_host=False)
     export = sites_sub.add_parser("export", help="print the registry as CSV")
     _add_settings_flags(export, with_host=False)
+
+    rehearse = sub.add_parser(
+        "rehearse", help="rehearse a conference: N synthetic sites with real links, report (HTML + JSON)"
+    )
+    try:
+        from loadtest.rehearse_args import add_arguments as _rehearse_arguments
+    except ModuleNotFoundError:  # an installation without the load-test tools
+        _rehearse_arguments = None
+    if _rehearse_arguments is not None:
+        _rehearse_arguments(rehearse)
     return parser
 
 
@@ -90,6 +101,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "public_url": args.public_url,
         "egress_mbps": getattr(args, "egress_mbps", None),
         "rtc_port_min": getattr(args, "rtc_port_min", None),
+        "workers": getattr(args, "workers", None),
         "rtc_port_max": getattr(args, "rtc_port_max", None),
     }
     return load_settings(config_file=args.config, env=os.environ, overrides=overrides)
@@ -178,8 +190,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rehearse(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+    try:
+        from loadtest.rehearse import run_cli
+    except ModuleNotFoundError:
+        raise CliError("this installation has no load-test tools (loadtest/ is missing)") from None
+    rest = list(argv)[1:] if argv is not None else None
+    return run_cli(args, rest)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "rehearse":
+        return cmd_rehearse(args, argv)
     handler = {"serve": cmd_serve, "token": cmd_token, "sites": cmd_sites}[args.command]
     try:
         return handler(args)

@@ -53,6 +53,9 @@ class Settings:
     video_slots: int = 9
     audio_slots: int = 3
     max_participants: int = 200
+    #: Media worker processes: -1 ("auto", the default) = one per core; 0 = media in the
+    #: control process itself (one process; what tests and tiny installs use).
+    workers: int = -1
     log_level: str = "info"
     log_format: str = "text"
     #: The hub's own uplink for media, Mbit/s (0 = unlimited). When what every site could
@@ -231,6 +234,7 @@ _CONVERTERS: dict[str, Any] = {
     "video_slots": lambda k, s, v: _to_int(k, s, v, 1, 64),
     "audio_slots": lambda k, s, v: _to_int(k, s, v, 1, 16),
     "max_participants": lambda k, s, v: _to_int(k, s, v, 1, 10_000),
+    "workers": lambda k, s, v: -1 if isinstance(v, str) and v.strip().lower() == "auto" else _to_int(k, s, v, -1, 256),
     "log_level": lambda k, s, v: _to_choice(k, s, v, LOG_LEVELS),
     "log_format": lambda k, s, v: _to_choice(k, s, v, LOG_FORMATS),
     "egress_mbps": lambda k, s, v: _to_int(k, s, v, 0, 1_000_000),

@@ -51,26 +51,22 @@ class RoomCollector:
                 egress.add_metric([what], snap[f"{what}_bps"])
             egress_limited.add_metric([], snap["limited_receivers"])
         for mid, room in sig.rooms.items():
-            transports = list(room.router.transports.values())
+            tot = room.router.totals()
             participants.add_metric([mid], len(room.sessions))
             for kind in ("audio", "video"):
-                streams.add_metric([mid, "in", kind], sum(1 for t in transports if kind in t.producers))
-                streams.add_metric(
-                    [mid, "out", kind], sum(1 for t in transports for c in t.consumers[kind] if c.source is not None)
-                )
-            packets.add_metric([mid, "in"], sum(t.packets_in + t.rtcp_in for t in transports))
-            packets.add_metric([mid, "out"], sum(t.packets_out for t in transports))
-            octets.add_metric([mid, "in"], sum(t.bytes_in for t in transports))
-            octets.add_metric([mid, "out"], sum(t.bytes_out for t in transports))
-            dropped.add_metric([mid], sum(t.dropped_in for t in transports))
-            recv_streams = [s for t in transports for p in t.producers.values() for s in p.streams]
-            lost.add_metric([mid], sum(s.lost_for_good for s in recv_streams))
-            nacks.add_metric([mid], sum(s.nacks_sent for s in recv_streams))
-            consumers = [c for t in transports for cs in t.consumers.values() for c in cs]
-            retx.add_metric([mid], sum(c.retransmits for c in consumers))
-            switches.add_metric([mid], sum(c.switches for c in consumers))
-            paused.add_metric([mid], sum(1 for t in transports for c in t.consumers["video"] if c.paused))
-            estimates.extend(t.estimator.estimate for t in transports if t.estimator.mode != "none")
+                streams.add_metric([mid, "in", kind], tot[f"streams_in_{kind}"])
+                streams.add_metric([mid, "out", kind], tot[f"streams_out_{kind}"])
+            packets.add_metric([mid, "in"], tot["packets_in"])
+            packets.add_metric([mid, "out"], tot["packets_out"])
+            octets.add_metric([mid, "in"], tot["bytes_in"])
+            octets.add_metric([mid, "out"], tot["bytes_out"])
+            dropped.add_metric([mid], tot["dropped"])
+            lost.add_metric([mid], tot["lost"])
+            nacks.add_metric([mid], tot["nacks"])
+            retx.add_metric([mid], tot["retransmissions"])
+            switches.add_metric([mid], tot["switches"])
+            paused.add_metric([mid], tot["paused"])
+            estimates.extend(tot["estimates"])
         buckets = []
         for bound in ESTIMATE_BUCKETS:
             buckets.append((f"{bound:g}", sum(1 for e in estimates if e <= bound)))

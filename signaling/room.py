@@ -95,11 +95,13 @@ class Room:
         media: MediaSettings,
         max_participants: int,
         control: Optional[MeetingControl] = None,
+        router: Any = None,
     ) -> None:
         self.meeting_id = meeting_id
         self.title = title
         self.max_participants = max_participants
-        self.router = Router(meeting_id, media)
+        # in-process Router, or media.pool.RouterProxy when media runs in worker processes
+        self.router = router if router is not None else Router(meeting_id, media)
         self.router.on_slots = self._on_slots
         self.router.on_speaker = self._on_speaker
         self.router.on_publish_layers = self._on_publish_layers

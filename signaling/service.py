@@ -17,6 +17,7 @@ from media.budget import EgressBudget
 
 from .admissions import load_admissions
 from .chair import Chair
+from .joinqueue import JoinQueue
 from .room import MeetingControl, Room
 from .schema import MAX_MESSAGE_BYTES
 from .session import CLOSE_AUTH, CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, Session
@@ -79,6 +80,8 @@ class SignalingService:
         self.sessions: set[Session] = set()
         self.controls: dict[str, MeetingControl] = {}  # meeting id -> chair state
         self.chair = Chair(self)
+        #: paces media set-ups so a join storm is let in steadily, never refused
+        self.join_queue = JoinQueue()
         self.closing = False  # set by shutdown(): joins are refused from then on
         #: the server's uplink shared by every receiver of this process (0 = unlimited)
         self.egress = EgressBudget(egress_bps, self._local_transports)

@@ -54,6 +54,7 @@ class Session:
         self.transport = None
         self.negotiated = False
         self._negotiating = False
+        self._offer_task: Optional[asyncio.Task] = None  # the offer waiting for its turn / being set up
         self._outbox: asyncio.Queue[Optional[tuple]] = asyncio.Queue()
         self._writer: Optional[asyncio.Task] = None
         self._bucket = TokenBucket(MESSAGES_PER_SECOND, MESSAGE_BURST)
@@ -234,21 +235,52 @@ class Session:
         self._require_joined()
         if self.negotiated or self._negotiating:
             raise MessageError("renegotiation_unsupported", "one offer per connection; to reconnect, open a new connection and join again")
-        assert self.room is not None and self.participant is not None
         self._negotiating = True
+        # The media set-up waits for its turn (signaling/joinqueue.py) in its own task, so
+        # this connection keeps answering pings and notices a site that gives up waiting.
+        self._offer_task = asyncio.get_running_loop().create_task(self._offer(msg))
+
+    async def _offer(self, msg: dict) -> None:
+        ref = msg.get("id")
+        queue = self.service.join_queue
+        try:
+            await queue.acquire(lambda place: self.send({"type": "queued", "position": place, **({"ref": ref} if ref is not None else {})}))
+        except asyncio.CancelledError:
+            self._negotiating = False
+            return
+        transport = None
+        try:
+            transport = await self._negotiate(msg)
+        except MessageError as exc:
+            self.error(exc.code, exc.message, ref=ref)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception("session %s: internal error in offer", self.label)
+            self.error("internal", "the server failed to handle this message; it was ignored", ref=ref)
+        finally:
+            self._negotiating = False
+            if transport is None or transport.closed:
+                queue.release()
+            else:  # keep the turn until its ICE + DTLS are through: handshakes are paced too
+                queue.hold_until(transport.connected.wait())
+
+    async def _negotiate(self, msg: dict):
+        """Set up this site's media from its offer; returns the transport (None if the site left meanwhile)."""
+        if self.participant is None or self.room is None:
+            return None
         p = self.participant
         transport = self.room.router.create_transport(p.id, p.site_id, p.name, p.role)
         try:
             answer = await transport.negotiate(msg["sdp"])
         except OfferError as exc:
-            self.room.router.transports.pop(p.id, None)
+            if self.room is not None:
+                self.room.router.transports.pop(p.id, None)
             await transport.close()
             raise MessageError("sdp_invalid", str(exc)) from None
-        finally:
-            self._negotiating = False
         if self._closing or self.room is None:
             await transport.close()
-            return
+            return None
         self.transport = transport
         self.negotiated = True
         for kind, muted in p.chair_muted.items():
@@ -263,6 +295,7 @@ class Session:
         self.send({"type": "slots", **transport.slots_sent})
         self.room.updated(self)
         self.room.router.negotiated(transport)
+        return transport
 
     async def _on_media_state(self, msg: dict) -> None:
         self._require_joined()
@@ -315,6 +348,8 @@ class Session:
         self.close(1000, "left")
 
     async def _leave(self) -> None:
+        if self._offer_task is not None and not self._offer_task.done():
+            self._offer_task.cancel()  # gives up its place in the join queue
         room, p = self.room, self.participant
         self.room = None
         if room is None or p is None:

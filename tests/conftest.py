@@ -33,7 +33,24 @@ class RunningServer:
 
 @pytest.fixture
 async def hoinghi_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    settings = Settings(data_dir=tmp_path, host="127.0.0.1", port=0, announce_ip="127.0.0.1")
+    settings = Settings(data_dir=tmp_path, host="127.0.0.1", port=0, announce_ip="127.0.0.1", workers=0)
+    storage = Storage(settings.db_path)
+    storage.ensure_demo()
+    tokens = TokenService(settings.secret_path)
+    app = await build_app(settings, storage, tokens)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        yield RunningServer(f"http://127.0.0.1:{server.port}", settings, storage, tokens, server)
+    finally:
+        await server.close()
+        storage.close()
+
+
+@pytest.fixture
+async def hoinghi_workers(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """The server as production runs it: media in two worker processes (media/pool.py)."""
+    settings = Settings(data_dir=tmp_path, host="127.0.0.1", port=0, announce_ip="127.0.0.1", workers=2)
     storage = Storage(settings.db_path)
     storage.ensure_demo()
     tokens = TokenService(settings.secret_path)

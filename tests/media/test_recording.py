@@ -589,7 +589,7 @@ class ApiServer:
 async def api_server(tmp_path: Path):
     """The conftest server plus the recording routes (setup_routes is idempotent, so this
     holds whether or not build_app already calls it)."""
-    settings = Settings(data_dir=tmp_path, host="127.0.0.1", port=0, announce_ip="127.0.0.1")
+    settings = Settings(data_dir=tmp_path, host="127.0.0.1", port=0, announce_ip="127.0.0.1", workers=0)
     storage = Storage(settings.db_path)
     storage.ensure_demo()
     storage.create_meeting("quiet", "Không ai tham dự")

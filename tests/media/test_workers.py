@@ -1,0 +1,134 @@
+"""Media in worker processes: one meeting served by two workers, streams piped once,
+and a worker that dies is replaced while the meeting goes on.
+
+Real aiortc peers on loopback (real ICE/DTLS/SRTP, VP8 and Opus encoded and decoded by the
+peers); the server runs media/pool.py with two media/worker.py processes, as
+`hoinghi serve` does by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from loadtest.peer import SyntheticSite
+from server.app import POOL_KEY
+
+pytestmark = pytest.mark.slow
+
+FPS = 15
+
+
+async def _wait(predicate, timeout: float = 10.0, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(step)
+    return predicate()
+
+
+async def _start(server, site: str, role: str = "site", **kw) -> SyntheticSite:
+    kw.setdefault("fps", FPS)
+    peer = SyntheticSite(server.url, server.token(site, role), publish_video=True, publish_audio=True, **kw)
+    await peer.join()
+    await peer.start_media()
+    return peer
+
+
+def _frames(peer: SyntheticSite, publisher: SyntheticSite, kind: str = "video") -> int:
+    track = peer.track_for(publisher.joined["participant"]["id"], kind)
+    return track.frames if track else 0
+
+
+def _pid(peer: SyntheticSite) -> str:
+    return peer.joined["participant"]["id"]
+
+
+async def _close(*peers) -> None:
+    await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
+
+
+async def test_meeting_spread_over_two_workers_forwards_everyone(hoinghi_workers):
+    pool = hoinghi_workers.server.app[POOL_KEY]
+    assert pool is not None and len(pool.workers) == 2
+    peers = [await _start(hoinghi_workers, "hub", "hub")]
+    peers += [await _start(hoinghi_workers, f"s{i}") for i in range(2)]
+    try:
+        router = hoinghi_workers.signaling.rooms["demo"].router
+        placed = {router.transports[_pid(p)].worker for p in peers}
+        assert placed == {0, 1}, "sites are spread over both workers"
+        pairs = [(a, b) for a in peers for b in peers if a is not b]
+        ok = await _wait(lambda: all(_frames(a, b) > 0 for a, b in pairs), 15)
+        assert ok, [(router.transports[_pid(a)].worker, router.transports[_pid(b)].worker, _frames(a, b), [(s["index"], s["site_id"]) for s in a.slots["video"]]) for a, b in pairs]
+        before = {(id(a), id(b)): _frames(a, b) for a, b in pairs}
+        sent0 = {id(p): p.video_track.frames for p in peers}
+        await asyncio.sleep(4.0)
+        for a, b in pairs:
+            got = _frames(a, b) - before[(id(a), id(b))]
+            sent = b.video_track.frames - sent0[id(b)]
+            # across workers too, every frame arrives (+-2 at the window edges)
+            assert abs(got - sent) <= 2, (a.name, b.name, got, sent)
+            audio = a.track_for(_pid(b), "audio")
+            assert audio is not None and audio.frames > 100
+        await asyncio.sleep(1.2)  # a stats round from each worker
+        stats = pool.worker_stats()
+        assert all(w["pipe_in"] > 0 and w["pipe_out"] > 0 for w in stats), stats  # media crossed both ways
+        assert all(w["cpu_seconds"] > 0 for w in stats)
+        tot = router.totals()
+        assert tot["packets_in"] > 0 and tot["packets_out"] > 0 and tot["streams_in_video"] == 3
+        # the roster's figures come from the workers too
+        assert router.participant_stats(_pid(peers[1]))["packets_out"] > 0
+    finally:
+        await _close(*peers)
+
+
+async def test_killed_worker_is_restarted_and_its_sites_reconnect(hoinghi_workers):
+    pool = hoinghi_workers.server.app[POOL_KEY]
+    hub = await _start(hoinghi_workers, "hub", "hub")
+    a = await _start(hoinghi_workers, "a")
+    b = await _start(hoinghi_workers, "b")
+    peers = [hub, a, b]
+    who = {id(hub): ("hub", "hub"), id(a): ("a", "site"), id(b): ("b", "site")}
+    try:
+        room = hoinghi_workers.signaling.rooms["demo"]
+        router = room.router
+        assert await _wait(lambda: all(_frames(x, y) > 0 for x in peers for y in peers if x is not y), 15)
+        victim_index = router.transports[_pid(a)].worker
+        on_victim = [p for p in peers if router.transports[_pid(p)].worker == victim_index]
+        survivors = [p for p in peers if p not in on_victim]
+        assert survivors, "the three sites are on both workers"
+        victim = pool.workers[victim_index]
+        old_os_pid = victim.os_pid
+        os.kill(old_os_pid, signal.SIGKILL)
+
+        # the sites on the dead worker are told to reconnect; the others never notice
+        assert await _wait(lambda: all(p.ws.closed for p in on_victim), 10)
+        byes = [[m.get("reason") for m in p.messages if m.get("type") == "bye"] for p in on_victim]
+        assert all(b == ["media_restart"] for b in byes), byes
+        assert not any(p.ws.closed for p in survivors)
+        if len(survivors) > 1:
+            x, y = survivors
+            n0 = _frames(x, y)
+            await asyncio.sleep(1.5)
+            assert _frames(x, y) > n0 + 10, "media between sites on the live worker kept flowing"
+
+        assert await _wait(lambda: victim.alive and victim.os_pid not in (0, old_os_pid), 15)
+        assert victim.restarts == 1
+
+        # the sites rejoin (as their pages do on `bye` media_restart) and media flows again
+        await _close(*on_victim)
+        rejoined = []
+        for p in on_victim:
+            rejoined.append(await _start(hoinghi_workers, *who[id(p)]))
+        peers = survivors + rejoined
+        assert await _wait(lambda: all(_frames(x, y) > 0 for x in peers for y in peers if x is not y), 20)
+        assert len(room.sessions) == 3
+        # the meeting kept its state: still the same room
+        assert hoinghi_workers.signaling.rooms["demo"] is room
+    finally:
+        await _close(*peers)
