@@ -20,6 +20,13 @@ Subscribing: `Receiver` decrypts every packet, tracks sequence continuity per SS
 SFU rewrites SSRC/seq per subscriber slot, so each slot is one continuous sequence), reads
 the stamp and keeps every latency sample.
 
+Real media (loadtest/media_source.py, loadtest/media_sender.py): `RawPeer(..., media=
+SyntheticMedia.load(...), simulcast=True)` publishes pre-encoded VP8 simulcast (q/h/f, one
+SSRC + RTX SSRC each, offered like Chrome) and Opus with real audio levels instead of the
+fake payloads; `await peer.start_media()` hands its sources to the process's `MediaPacer`.
+Receivers then should not look for send stamps (`read_stamps=False`, the default with
+`media`); loadtest/measure.py decodes what arrives instead.
+
 Signaling is separate: `HoinghiSite` speaks docs/protocol.md over /ws; loadtest/janus_client.py
 drives Janus's VideoRoom with the same peers.
 """
@@ -39,10 +46,13 @@ import aiohttp
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from media import network, rtcp
-from media.rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_TRANSPORT_CC
+from media.rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, URI_RID, URI_RRID, URI_TRANSPORT_CC
 from media.srtp import SrtpContext, SrtpError
 from media.transport import hook_srtp_datagrams
 from media.twcc import build_feedback
+
+from .media_sender import RID_EXT_ID, RRID_EXT_ID, MediaPacer, OpusLoopSource, SimulcastSource, munge_simulcast_offer
+from .media_source import SyntheticMedia, TalkSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -396,6 +406,8 @@ class Receiver:
         self.packets = 0
         self.bytes = 0
         self.bad_stamps = 0
+        #: False when the media is real (pre-encoded): there is no send stamp to read
+        self.read_stamps = True
         self.latency = array("q")
         self.tcc_id = 0
         self.tcc: list[tuple[int, int]] = []  # (transport seq, arrival ns) since the last feedback
@@ -455,7 +467,7 @@ class Receiver:
                         break
                     i += 2 + (h & 0x0F)
             off = end
-        if not plain or st.rtx:
+        if not plain or st.rtx or not self.read_stamps:
             return
         if b0 & 0x20:
             n -= p[-1]
@@ -555,7 +567,32 @@ class RawPeer:
         feedback: str = "twcc",
         decrypt_every: int = 1,
         bind: tuple[str, ...] = ("127.0.0.1",),
+        media: Optional[SyntheticMedia] = None,
+        simulcast: bool = False,
+        talk: Optional[TalkSchedule] = None,
+        site_id: Optional[str] = None,
+        read_stamps: Optional[bool] = None,
+        seed: Optional[int] = None,
     ) -> None:
+        """`media`: send pre-encoded VP8/Opus from this cache (else fake payloads);
+        `simulcast`: offer and send all its layers like a browser (needs `media`); without
+        it one encoding, the top layer, is sent. `talk`: when the microphone carries speech.
+        `site_id`: key under which the camera's FrameClock is registered (media_source.CLOCKS).
+        """
+        if feedback not in FEEDBACK_MODES:
+            raise ValueError(f"feedback must be one of {FEEDBACK_MODES}")
+        if simulcast and media is None:
+            raise ValueError("simulcast needs media=SyntheticMedia.load(...)")
+        self.media = media
+        self.simulcast = simulcast
+        self.talk = talk
+        self.site_id = site_id
+        self.seed = seed
+        self.simulcast_source: Optional[SimulcastSource] = None
+        self.audio_source: Optional[OpusLoopSource] = None
+        self.pacer: Optional[MediaPacer] = None
+        self.answer_sdp = ""
+        self._video_mid = ""
         if feedback not in FEEDBACK_MODES:
             raise ValueError(f"feedback must be one of {FEEDBACK_MODES}")
         self.name = name
@@ -571,6 +608,7 @@ class RawPeer:
         self.receiver = Receiver()
         self.video: Optional[VideoSource] = None
         self.audio: Optional[AudioSource] = None
+        self.receiver.read_stamps = (media is None) if read_stamps is None else read_stamps
         self.transport.on_rtp = self.receiver.on_rtp
         self.transport.decrypt_every = decrypt_every
         self.transport.on_rtcp = self._on_rtcp
@@ -590,6 +628,7 @@ class RawPeer:
         if self.publish_audio:
             pc.addTransceiver("audio", direction="sendonly")
         if self.publish_video:
+            self._video_mid = ""
             pc.addTransceiver("video", direction="sendonly")
         for _ in range(self.video_slots):
             pc.addTransceiver("video", direction="recvonly")
@@ -599,6 +638,10 @@ class RawPeer:
         with network.bind_addresses(list(self.bind)):
             await pc.setLocalDescription(await pc.createOffer())
         sdp = pc.localDescription.sdp
+        if self.simulcast and self.publish_video:
+            t = next(t for t in pc.getTransceivers() if t.kind == "video" and t.direction == "sendonly")
+            self._video_mid = t.mid
+            sdp = munge_simulcast_offer(sdp, t.mid, self.media.rids)  # type: ignore[union-attr]
         if self.feedback == "twcc":
             # aiortc offers neither the transport-cc extension nor its rtcp-fb; a browser
             # offers both on every m-section. Offer them on the receive sections (what the
@@ -608,6 +651,7 @@ class RawPeer:
         return sdp
 
     async def accept_answer(self, sdp: str) -> None:
+        self.answer_sdp = sdp
         self.transport.neuter()
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         self._setup_media()
@@ -659,6 +703,9 @@ class RawPeer:
             if not sending:
                 continue
             exts = {x.uri: x.id for x in t._headerExtensions}
+            if self.media is not None:
+                self._setup_real_media(t, main, exts)
+                continue
             if t.kind == "video" and self.publish_video and self.video is None:
                 if main.mimeType.lower() != "video/vp8":
                     raise RuntimeError(f"{self.name}: video codec negotiated is {main.mimeType}, not VP8")
@@ -680,9 +727,67 @@ class RawPeer:
                     self.transport, t.sender._ssrc, main.payloadType, audio_level_id=exts.get(URI_AUDIO_LEVEL, 0)
                 )
 
+    def _setup_real_media(self, t, main, exts: dict[str, int]) -> None:
+        media = self.media
+        assert media is not None
+        rtx = next(
+            (c for c in t._codecs if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") == main.payloadType), None
+        )
+        if t.kind == "video" and self.publish_video and self.simulcast_source is None:
+            if main.mimeType.lower() != "video/vp8":
+                raise RuntimeError(f"{self.name}: video codec negotiated is {main.mimeType}, not VP8")
+            common = dict(
+                rtx_payload_type=rtx.payloadType if rtx else None,
+                mid=t.mid,
+                mid_id=exts.get(URI_MID, 0),
+                abs_id=exts.get(URI_ABS_SEND_TIME, 0),
+                site_id=self.site_id,
+                seed=self.seed,
+            )
+            if self.simulcast:
+                # aiortc's answer parser keeps only the extensions it knows: the rid ids are
+                # the ones this peer offered (the SFU echoes them)
+                self.simulcast_source = SimulcastSource(
+                    self.transport, media, main.payloadType, rids=media.rids,
+                    rid_id=exts.get(URI_RID, RID_EXT_ID), rrid_id=exts.get(URI_RRID, RRID_EXT_ID), **common,
+                )
+            else:
+                ssrcs = [(t.sender._ssrc, t.sender._rtx_ssrc if rtx else None)]
+                self.simulcast_source = SimulcastSource(
+                    self.transport, media, main.payloadType, ssrcs=ssrcs, layer_indexes=[len(media.layers) - 1], **common
+                )
+        elif t.kind == "audio" and self.publish_audio and self.audio_source is None:
+            self.audio_source = OpusLoopSource(
+                self.transport, media, t.sender._ssrc, main.payloadType, mid=t.mid, mid_id=exts.get(URI_MID, 0),
+                audio_level_id=exts.get(URI_AUDIO_LEVEL, 0), talk=self.talk, seed=self.seed,
+            )
+
+    async def start_media(self, pacer: Optional[MediaPacer] = None) -> None:
+        """Hand the real-media sources to `pacer` (default: the loop's shared one).
+
+        Call once the answer is applied; sending starts at the next tick (the FrameClock's
+        start), packets before DTLS is up are dropped by the transport as with any source.
+        """
+        self.pacer = pacer or MediaPacer.shared()
+        self.pacer.add(self.simulcast_source, self.audio_source)
+
     # ------------------------------------------------------------ RTCP from the SFU
 
     def _on_rtcp(self, data: bytes) -> None:
+        sc = self.simulcast_source
+        if sc is not None:
+            try:
+                for item in rtcp.parse_compound(data):
+                    if isinstance(item, rtcp.Pli):
+                        sc.request_keyframe(item.media_ssrc)
+                    elif isinstance(item, rtcp.Fir):
+                        for ssrc, _ in item.entries:
+                            sc.request_keyframe(ssrc)
+                    elif isinstance(item, rtcp.Nack):
+                        sc.on_nack(item.media_ssrc, item.lost)
+            except ValueError:
+                self.rtcp_errors += 1
+            return
         v = self.video
         if v is None:
             return
@@ -704,6 +809,8 @@ class RawPeer:
         await asyncio.wait_for(self.transport.connected.wait(), timeout)
 
     async def close(self) -> None:
+        if self.pacer is not None:
+            self.pacer.remove(self.simulcast_source, self.audio_source)
         await self.transport.close()
 
 
@@ -898,6 +1005,7 @@ class HoinghiSite(RawPeer):
         self.slots: dict = {"video": [], "audio": []}
         self.errors: list[dict] = []
         self.link_stats: Optional[dict] = None  # the server's view of this site's link (link_stats.self)
+        self.publish_layers: Optional[list[str]] = None  # the last `publish_layers` (rids asked for)
         self._reader: Optional[asyncio.Task] = None
         self._waiters: list[tuple[str, asyncio.Future]] = []
 
@@ -914,6 +1022,10 @@ class HoinghiSite(RawPeer):
                 self.errors.append(data)
             elif t == "link_stats":
                 self.link_stats = data.get("self")
+            elif t == "publish_layers" and data.get("kind") == "video":
+                self.publish_layers = list(data.get("active") or [])
+                if self.simulcast_source is not None:
+                    self.simulcast_source.set_active(self.publish_layers)
             for waiter in list(self._waiters):
                 if waiter[0] == t or (t == "error" and data.get("fatal")):
                     self._waiters.remove(waiter)
@@ -938,6 +1050,8 @@ class HoinghiSite(RawPeer):
         self.ws = await self.http.ws_connect(ws_url, max_msg_size=1 << 20)
         self._reader = asyncio.ensure_future(self._read())
         self.joined = await self._request({"type": "join", "token": self.token, "name": self.name, "protocol": 1}, "joined", timeout)
+        if self.site_id is None:
+            self.site_id = self.joined["participant"].get("site_id")
         allowed = self.joined["slots"]
         self.video_slots = min(self.video_slots, allowed["video"])
         self.audio_slots = min(self.audio_slots, allowed["audio"])
