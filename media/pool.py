@@ -73,6 +73,7 @@ class WorkerPool:
         self._ids = itertools.count(1)
         self._closing = False
         self._tasks: set[asyncio.Task] = set()
+        self._egress: Optional[PoolEgress] = None
         #: called with the participant ids of a dead worker's sites, so signaling can tell
         #: them to reconnect
         self.on_sites_lost: Optional[Callable[[str, list[str]], None]] = None
@@ -155,6 +156,8 @@ class WorkerPool:
             w.ready.set()
         elif ev == "stats":
             w.stats = msg
+            if self._egress is not None:
+                self._egress.rebalance()
             for mid, data in msg["meetings"].items():
                 r = self.routers.get(mid)
                 if r is not None:
@@ -200,6 +203,9 @@ class WorkerPool:
         self._send_peers()
         for r in list(self.routers.values()):
             r.replay(w)
+        if self._egress is not None:
+            self._egress._shares.pop(w.index, None)
+            self._egress.rebalance()
 
     # ---------------------------------------------------------------- requests
 
@@ -239,6 +245,10 @@ class WorkerPool:
             r.stop()
             self.broadcast({"op": "close_meeting", "meeting": meeting_id})
 
+    def egress(self, capacity_bps: float) -> PoolEgress:
+        self._egress = PoolEgress(self, capacity_bps)
+        return self._egress
+
     def worker_stats(self) -> list[dict]:
         return [
             {
@@ -256,6 +266,67 @@ class WorkerPool:
         ]
 
 
+class PoolEgress:
+    """The hub's uplink budget over all workers: each worker's EgressBudget plans its own
+    receivers with a share of the capacity, re-split every stats round by what each
+    worker's receivers could take (so a worker serving the busy receivers gets more)."""
+
+    def __init__(self, pool: "WorkerPool", capacity_bps: float) -> None:
+        self.pool = pool
+        self.capacity_bps = float(capacity_bps)
+        self._shares: dict[int, float] = {}
+
+    def start(self) -> None:
+        self.rebalance()
+
+    def stop(self) -> None:
+        pass
+
+    def set_capacity(self, capacity_bps: float) -> None:
+        self.capacity_bps = max(0.0, float(capacity_bps))
+        self._shares.clear()
+        self.rebalance()
+
+    def rebalance(self) -> None:
+        live = [w for w in self.pool.workers if w.alive]
+        if not live:
+            return
+        if self.capacity_bps <= 0:
+            shares = {w.index: 0.0 for w in live}
+        else:
+            demand = {w.index: float((w.stats.get("egress") or {}).get("demand_bps", 0)) for w in live}
+            total = sum(demand.values())
+            floor = self.capacity_bps * 0.05 / len(live)  # a worker with no demand yet still gets a little
+            rest = self.capacity_bps - floor * len(live)
+            shares = {
+                i: floor + (rest * d / total if total > 0 else rest / len(live)) for i, d in demand.items()
+            }
+        for i, share in shares.items():
+            old = self._shares.get(i)
+            if old is None or abs(share - old) > 0.05 * max(old, 1.0):
+                self._shares[i] = share
+                self.pool.workers[i].send({"op": "budget", "bps": share})
+
+    def snapshot(self) -> dict:
+        out = {
+            "capacity_bps": round(self.capacity_bps),
+            "sent_bps": 0,
+            "demand_bps": 0,
+            "planned_bps": 0,
+            "limiting": False,
+            "limited_receivers": 0,
+            "paused_slots": 0,
+        }
+        for w in self.pool.workers:
+            snap = w.stats.get("egress") if w.alive else None
+            if not snap:
+                continue
+            for k in ("sent_bps", "demand_bps", "planned_bps", "limited_receivers", "paused_slots"):
+                out[k] += snap.get(k, 0)
+            out["limiting"] = out["limiting"] or bool(snap.get("limiting"))
+        return out
+
+
 class TransportProxy:
     """A site's transport as signaling sees it; the real one lives in a worker."""
 
@@ -270,6 +341,7 @@ class TransportProxy:
         self.negotiated = False
         self.closed = False
         self.stats_cache: Optional[dict] = None
+        self.connected = asyncio.Event()  # ICE + DTLS up in the worker
 
     async def negotiate(self, offer_sdp: str) -> str:
         r = self.router
@@ -415,6 +487,10 @@ class RouterProxy:
                 t.slots_sent = msg["slots"]
                 if self.on_slots is not None:
                     self.on_slots(t, msg["slots"])
+        elif ev == "connected":
+            t = self.transports.get(msg["pid"])
+            if t is not None:
+                t.connected.set()
         elif ev == "publish_layers":
             t = self.transports.get(msg["pid"])
             if t is not None and self.on_publish_layers is not None:

@@ -25,6 +25,7 @@ import sys
 import time
 from typing import Any, Optional
 
+from .budget import EgressBudget
 from .pipe import PipeEndpoint, PipeOrigin, PipeRecvStream
 from .producer import Producer
 from .router import Router
@@ -86,6 +87,8 @@ class Worker:
         self._negotiations: dict[tuple[str, str], asyncio.Task] = {}
         self._stats_task: Optional[asyncio.Task] = None
         self.pipe.routers = lambda: list(self.routers.values())
+        # this worker's share of the hub's uplink (media.pool.PoolEgress sets it)
+        self.egress = EgressBudget(0.0, lambda: [t for r in self.routers.values() for t in r.transports.values()])
 
     def send(self, msg: dict) -> None:
         if not self.writer.is_closing():
@@ -112,6 +115,7 @@ class Worker:
         port = await self.pipe.start()
         self.send({"ev": "hello", "index": self.index, "pipe_port": port, "os_pid": os.getpid()})
         self._stats_task = asyncio.ensure_future(self._stats_loop())
+        self.egress.start()
         while True:
             msg = await read_frame(self.reader)
             if msg is None:
@@ -163,6 +167,8 @@ class Worker:
             r = self.routers.pop(msg["meeting"], None)
             if r is not None:
                 asyncio.ensure_future(self._close_router(r))
+        elif op == "budget":
+            self.egress.set_capacity(msg["bps"])
         elif op == "exit":
             os._exit(int(msg.get("code", 0)))
         else:
@@ -194,6 +200,8 @@ class Worker:
         reply["slots"] = t.slots_sent
         self.send(reply)
         r.negotiated(t)
+        await t.connected.wait()  # signaling paces joins until ICE + DTLS are through
+        self.send({"ev": "connected", "meeting": msg["meeting"], "pid": pid})
 
     async def _remove(self, meeting_id: str, pid: str) -> None:
         r = self.routers.get(meeting_id)
@@ -277,6 +285,7 @@ class Worker:
             "rss_bytes": rss,
             "pipe_in": self.pipe.packets_in,
             "pipe_out": self.pipe.packets_out,
+            "egress": self.egress.snapshot(),
             "time": time.time(),
         }
 

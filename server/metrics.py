@@ -75,6 +75,24 @@ class RoomCollector:
             "hoinghi_downlink_estimate_bps", "Per-site downlink bandwidth estimates", buckets=buckets, sum_value=sum(estimates)
         )
         yield from (egress, egress_limited)
+        pool = getattr(sig, "media_pool", None)
+        if pool is not None:
+            w_cpu = CounterMetricFamily("hoinghi_worker_cpu_seconds", "CPU time of each media worker process", labels=["worker"])
+            w_rss = GaugeMetricFamily("hoinghi_worker_resident_bytes", "Resident memory of each media worker", labels=["worker"])
+            w_sites = GaugeMetricFamily("hoinghi_worker_sites", "Sites whose media each worker serves", labels=["worker"])
+            w_up = GaugeMetricFamily("hoinghi_worker_up", "1 while the media worker runs", labels=["worker"])
+            w_restarts = CounterMetricFamily("hoinghi_worker_restarts", "Times a media worker was restarted", labels=["worker"])
+            w_pipe = CounterMetricFamily("hoinghi_worker_pipe_packets", "Packets piped between workers", labels=["worker", "direction"])
+            for w in pool.worker_stats():
+                label = [str(w["index"])]
+                w_cpu.add_metric(label, w["cpu_seconds"])
+                w_rss.add_metric(label, w["rss_bytes"])
+                w_sites.add_metric(label, w["sites"])
+                w_up.add_metric(label, 1 if w["alive"] else 0)
+                w_restarts.add_metric(label, w["restarts"])
+                w_pipe.add_metric(label + ["in"], w["pipe_in"])
+                w_pipe.add_metric(label + ["out"], w["pipe_out"])
+            yield from (w_cpu, w_rss, w_sites, w_up, w_restarts, w_pipe)
         yield from (rooms, connections, participants, streams, packets, octets, dropped, lost, nacks, retx, switches, paused, estimate)
 
 

@@ -84,7 +84,11 @@ class SignalingService:
         self.join_queue = JoinQueue()
         self.closing = False  # set by shutdown(): joins are refused from then on
         #: the server's uplink shared by every receiver of this process (0 = unlimited)
-        self.egress = EgressBudget(egress_bps, self._local_transports)
+        # (with media workers, each worker runs its own budget over its receivers with a
+        # share of the capacity: media.pool.PoolEgress splits it by demand)
+        self.egress: Any = (
+            media_pool.egress(egress_bps) if media_pool is not None else EgressBudget(egress_bps, self._local_transports)
+        )
         self._ice_servers = ice_servers
         #: media.pool.WorkerPool when media runs in worker processes; None: in this process
         self.media_pool = media_pool

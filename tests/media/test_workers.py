@@ -13,6 +13,7 @@ import os
 import signal
 import time
 
+import aiohttp
 import pytest
 
 from loadtest.peer import SyntheticSite
@@ -83,6 +84,15 @@ async def test_meeting_spread_over_two_workers_forwards_everyone(hoinghi_workers
         assert tot["packets_in"] > 0 and tot["packets_out"] > 0 and tot["streams_in_video"] == 3
         # the roster's figures come from the workers too
         assert router.participant_stats(_pid(peers[1]))["packets_out"] > 0
+        # the uplink budget's figures add up over the workers (each measures its own egress)
+        assert hoinghi_workers.signaling.egress.snapshot()["sent_bps"] > 100_000
+        async with aiohttp.ClientSession() as http:
+            async with http.get(hoinghi_workers.url + "/metrics") as resp:
+                text = await resp.text()
+        assert 'hoinghi_worker_cpu_seconds_total{worker="1"}' in text
+        assert 'hoinghi_worker_up{worker="0"} 1.0' in text
+        line = next(x for x in text.splitlines() if x.startswith('hoinghi_packets_total{direction="out",meeting="demo"}'))
+        assert float(line.split()[-1]) > 1000
     finally:
         await _close(*peers)
 
