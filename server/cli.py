@@ -183,11 +183,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if exc.name in ("server.app",):
             raise CliError("this installation has no server (server/app.py is missing)") from None
         raise
+    check_open_files(settings)
     try:
         run(settings)
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def check_open_files(settings: Settings) -> None:
+    """Raise the open-files soft limit to the hard one; warn when it cannot cover every site."""
+    from server.config import local_ipv4_addresses
+    from server.fdlimit import raise_open_files_limit
+
+    addresses = 1 if settings.announce_ip else max(1, len(local_ipv4_addresses()))
+    check = raise_open_files_limit(settings.max_participants, addresses)
+    if check.warning:
+        print(f"hoinghi: warning: {check.warning}", file=sys.stderr, flush=True)
 
 
 def cmd_rehearse(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
