@@ -245,6 +245,10 @@ class WorkerPool:
             r.stop()
             self.broadcast({"op": "close_meeting", "meeting": meeting_id})
 
+    def recorder(self, meeting_id: str, path: Any, metadata: Optional[dict] = None) -> RemoteRecorder:
+        """Recordings run in the worker serving the fewest sites at the time they start."""
+        return RemoteRecorder(self, meeting_id, str(path), metadata, worker=self.place())
+
     def egress(self, capacity_bps: float) -> PoolEgress:
         self._egress = PoolEgress(self, capacity_bps)
         return self._egress
@@ -325,6 +329,70 @@ class PoolEgress:
                 out[k] += snap.get(k, 0)
             out["limiting"] = out["limiting"] or bool(snap.get("limiting"))
         return out
+
+
+class RemoteRecorder:
+    """MeetingRecorder's interface for server/recordings.py, run in a media worker: the
+    recording worker gets the floor's streams through the pipes like any subscriber."""
+
+    def __init__(self, pool: "WorkerPool", meeting_id: str, path: str, metadata: Optional[dict] = None, worker: int = 0) -> None:
+        self.pool = pool
+        self.meeting_id = meeting_id
+        self.path = str(path)
+        self.metadata = metadata
+        self.worker = worker
+        self._stats: dict = {"subject": None, "elapsed_s": 0.0, "video_frames": 0, "audio_packets": 0, "dropped": 0}
+        self._task: Optional[asyncio.Task] = None
+        self.result: Any = None
+
+    @property
+    def recording(self) -> bool:
+        return self._task is not None and self.result is None
+
+    async def start(self) -> None:
+        reply = await self.pool.request(self.worker, {"op": "record_start", "meeting": self.meeting_id, "path": self.path, "metadata": self.metadata})
+        if "error" in reply:
+            raise RuntimeError(f"the recording could not start: {reply['error']}")
+        self._task = asyncio.ensure_future(self._poll())
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                reply = await self.pool.request(self.worker, {"op": "record_stats", "meeting": self.meeting_id}, timeout=5)
+                if reply.get("stats"):
+                    self._stats = reply["stats"]
+            except Exception:
+                pass
+
+    async def stop(self) -> Any:
+        if self.result is not None:
+            return self.result
+        if self._task is not None:
+            self._task.cancel()
+        from .recorder import RecordingResult
+
+        try:
+            reply = await self.pool.request(self.worker, {"op": "record_stop", "meeting": self.meeting_id}, timeout=60)
+            self.result = reply.get("result")
+        except Exception as exc:
+            self.result = None
+            error = f"the recording worker failed ({exc})"
+        else:
+            error = None if self.result is not None else "the recording worker had no such recording"
+        if self.result is None:
+            try:
+                size = os.path.getsize(self.path)
+            except OSError:
+                size = 0
+            self.result = RecordingResult(
+                path=self.path, started_at=0.0, stopped_at=time.time(), bytes=size, duration_s=0.0, video_frames=0,
+                audio_packets=0, dropped=0, width=0, height=0, switches=0, error=error,
+            )
+        return self.result
+
+    def stats(self) -> dict:
+        return dict(self._stats)
 
 
 class TransportProxy:

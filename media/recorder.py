@@ -29,6 +29,7 @@ Opus, summing and encoding again, which this server deliberately never does.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import fractions
 import logging
 import queue
@@ -806,7 +807,8 @@ class MeetingRecorder:
         floor = router.floor
         best: Optional["Producer"] = None
         best_key = None
-        for pid, t in router.transports.items():
+        # in worker mode the recording worker sees other workers' sites as remote producers
+        for pid, t in itertools.chain(router.transports.items(), getattr(router, "remote", {}).items()):
             if t.closed:
                 continue
             p = t.producers.get(kind)

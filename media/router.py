@@ -314,7 +314,7 @@ class Router:
     def attach_sink(self, participant_id: str, kind: str, sink) -> Optional[RecvStream]:
         """Feed any object with write(info, stream, now) and source_closed(stream) from a
         site's track (its best layer): recording and monitoring use this, not a Consumer."""
-        t = self.transports.get(participant_id)
+        t = self.transports.get(participant_id) or self.remote.get(participant_id)
         p = t.producers.get(kind) if t is not None else None
         if p is None:
             return None
@@ -326,7 +326,7 @@ class Router:
         return stream
 
     def detach_sink(self, sink) -> None:
-        for t in self.transports.values():
+        for t in list(self.transports.values()) + list(self.remote.values()):
             for p in t.producers.values():
                 for s in p.streams:
                     if sink in s.sinks:

@@ -28,6 +28,7 @@ from typing import Any, Optional
 from .budget import EgressBudget
 from .pipe import PipeEndpoint, PipeOrigin, PipeRecvStream
 from .producer import Producer
+from .recorder import MeetingRecorder
 from .router import Router
 from .sdp import OfferError
 from .transport import MediaSettings
@@ -87,6 +88,7 @@ class Worker:
         self._negotiations: dict[tuple[str, str], asyncio.Task] = {}
         self._stats_task: Optional[asyncio.Task] = None
         self.pipe.routers = lambda: list(self.routers.values())
+        self.recorders: dict[str, MeetingRecorder] = {}  # meeting id -> recording running here
         # this worker's share of the hub's uplink (media.pool.PoolEgress sets it)
         self.egress = EgressBudget(0.0, lambda: [t for r in self.routers.values() for t in r.transports.values()])
 
@@ -164,11 +166,20 @@ class Worker:
         elif op == "speakers":
             self.router(msg["meeting"]).apply_speakers(msg["dominant"], msg["loudness"], msg["order"])
         elif op == "close_meeting":
+            if msg["meeting"] in self.recorders:
+                return  # the recording goes on; the sites will be back (as in-process)
             r = self.routers.pop(msg["meeting"], None)
             if r is not None:
                 asyncio.ensure_future(self._close_router(r))
         elif op == "budget":
             self.egress.set_capacity(msg["bps"])
+        elif op == "record_start":
+            asyncio.ensure_future(self._record_start(msg))
+        elif op == "record_stop":
+            asyncio.ensure_future(self._record_stop(msg))
+        elif op == "record_stats":
+            rec = self.recorders.get(msg["meeting"])
+            self.send({"ev": "reply", "id": msg["id"], "stats": rec.stats() if rec is not None else None})
         elif op == "exit":
             os._exit(int(msg.get("code", 0)))
         else:
@@ -248,6 +259,24 @@ class Worker:
             origin.producers[meta["kind"]] = producer
         if origin is not None:
             r.add_remote(origin)
+
+    async def _record_start(self, msg: dict) -> None:
+        meeting = msg["meeting"]
+        self.router(meeting)  # the recording may start before any site is on this worker
+        try:
+            rec = MeetingRecorder(lambda: self.routers.get(meeting), msg["path"], metadata=msg.get("metadata"))
+            await rec.start()
+        except Exception as exc:
+            logger.exception("worker %d: recording of %s did not start", self.index, meeting)
+            self.send({"ev": "reply", "id": msg["id"], "error": f"{type(exc).__name__}: {exc}"})
+            return
+        self.recorders[meeting] = rec
+        self.send({"ev": "reply", "id": msg["id"], "ok": True})
+
+    async def _record_stop(self, msg: dict) -> None:
+        rec = self.recorders.pop(msg["meeting"], None)
+        result = await rec.stop() if rec is not None else None
+        self.send({"ev": "reply", "id": msg["id"], "result": result})
 
     async def _close_router(self, r: Router) -> None:
         for pid in list(r.transports):

@@ -193,7 +193,11 @@ class RecordingService:
             "comment": f"hoinghi meeting {meeting_id}",
             "creation_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         }
-        recorder = MeetingRecorder(self._router_of(meeting_id), path, metadata=metadata)
+        pool = getattr(self.signaling, "media_pool", None)
+        if pool is not None:  # media in worker processes: one of them records
+            recorder: Any = pool.recorder(meeting_id, path, metadata=metadata)
+        else:
+            recorder = MeetingRecorder(self._router_of(meeting_id), path, metadata=metadata)
         rel = path.relative_to(self.data_dir).as_posix()
         rec_id = self.store.add(meeting_id, rel, started)
         self.active[meeting_id] = _Active(rec_id, recorder)

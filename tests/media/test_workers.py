@@ -142,3 +142,37 @@ async def test_killed_worker_is_restarted_and_its_sites_reconnect(hoinghi_worker
         assert hoinghi_workers.signaling.rooms["demo"] is room
     finally:
         await _close(*peers)
+
+
+async def test_recording_runs_in_a_worker_and_follows_a_floor_on_another(hoinghi_workers):
+    """The recorder lives in one worker; the floor's streams reach it through the pipe."""
+    import av
+
+    srv = hoinghi_workers
+    hub = await _start(srv, "hub", "hub")
+    site = await _start(srv, "s1")
+    try:
+        router = srv.signaling.rooms["demo"].router
+        assert router.transports[_pid(hub)].worker != router.transports[_pid(site)].worker
+        assert await _wait(lambda: _frames(hub, site) > 5 and _frames(site, hub) > 5, 15)
+        router.set_floor(_pid(site))
+        auth = {"Authorization": f"Bearer {srv.token('hub', 'hub')}"}
+        url = f"{srv.url}/api/meetings/demo/recording"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, json={"action": "start"}, headers=auth) as r:
+                assert r.status == 201, await r.text()
+            await asyncio.sleep(4.0)
+            async with http.get(f"{srv.url}/api/meetings/demo/recordings", headers=auth) as r:
+                live = (await r.json())["recordings"][0]["live"]
+            assert live["subject"] == _pid(site) and live["video_frames"] > 0, live
+            async with http.post(url, json={"action": "stop"}, headers=auth) as r:
+                assert r.status == 200, await r.text()
+                rec = (await r.json())["recording"]
+        assert rec["state"] == "complete" and rec["error"] is None
+        assert rec["frames"] >= FPS * 2, rec  # the floor's frames arrived through the pipe
+        path = srv.settings.data_dir / srv.storage._conn.execute("SELECT path FROM recordings").fetchone()[0]
+        with av.open(str(path)) as container:
+            frames = sum(1 for _ in container.decode(video=0))
+        assert frames >= FPS * 2
+    finally:
+        await _close(hub, site)
