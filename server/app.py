@@ -113,6 +113,7 @@ async def build_app(settings: Settings, storage: Storage, tokens: TokenService) 
         await pool.start()
     signaling = SignalingService(
         tokens, storage, media, max_participants=settings.max_participants, auth_error=AuthError, egress_bps=settings.egress_mbps * 1_000_000,
+        join_concurrency=settings.join_concurrency, joins_per_second=settings.joins_per_second,
         ice_servers=IceServers(settings.turn_urls, settings.turn_secret, settings.turn_ttl_s).for_site,
         media_pool=pool,
     )

@@ -61,6 +61,10 @@ class Settings:
     #: The hub's own uplink for media, Mbit/s (0 = unlimited). When what every site could
     #: take exceeds it, layers are lowered across sites by priority (media/budget.py).
     egress_mbps: int = 0
+    #: Join pacing (signaling/joinqueue.py): media set-ups at once, and started per second;
+    #: the rest wait in line and are told their place, never refused.
+    join_concurrency: int = 12
+    joins_per_second: int = 25
     demo_meeting: bool = True
     #: UDP ports ICE host candidates bind to, for a firewall that opens a fixed range; 0/0 =
     #: any port. Each connected site holds one port, so the range must cover every site.
@@ -238,6 +242,8 @@ _CONVERTERS: dict[str, Any] = {
     "log_level": lambda k, s, v: _to_choice(k, s, v, LOG_LEVELS),
     "log_format": lambda k, s, v: _to_choice(k, s, v, LOG_FORMATS),
     "egress_mbps": lambda k, s, v: _to_int(k, s, v, 0, 1_000_000),
+    "join_concurrency": lambda k, s, v: _to_int(k, s, v, 1, 1000),
+    "joins_per_second": lambda k, s, v: _to_int(k, s, v, 1, 1000),
     "demo_meeting": _to_bool,
     "rtc_port_min": lambda k, s, v: _to_int(k, s, v, 0, 65535),
     "rtc_port_max": lambda k, s, v: _to_int(k, s, v, 0, 65535),

@@ -17,7 +17,7 @@ from media.budget import EgressBudget
 
 from .admissions import load_admissions
 from .chair import Chair
-from .joinqueue import JoinQueue
+from .joinqueue import CONCURRENCY, RATE_PER_S, JoinQueue
 from .room import MeetingControl, Room
 from .schema import MAX_MESSAGE_BYTES
 from .session import CLOSE_AUTH, CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, Session
@@ -68,6 +68,8 @@ class SignalingService:
         max_participants: int = 200,
         auth_error: type[Exception] = Exception,
         egress_bps: float = 0.0,
+        join_concurrency: int = CONCURRENCY,
+        joins_per_second: float = RATE_PER_S,
         ice_servers: Optional[Callable[[str], list[dict]]] = None,
         media_pool: Any = None,
     ) -> None:
@@ -81,7 +83,7 @@ class SignalingService:
         self.controls: dict[str, MeetingControl] = {}  # meeting id -> chair state
         self.chair = Chair(self)
         #: paces media set-ups so a join storm is let in steadily, never refused
-        self.join_queue = JoinQueue()
+        self.join_queue = JoinQueue(join_concurrency, joins_per_second)
         self.closing = False  # set by shutdown(): joins are refused from then on
         #: the server's uplink shared by every receiver of this process (0 = unlimited)
         # (with media workers, each worker runs its own budget over its receivers with a
