@@ -394,6 +394,9 @@ export class Conference extends EventTarget {
     } else if (code === "auth_missing") {
       // We always send join at once; the server timed out waiting for it: a slow link.
       this._scheduleReconnect("link_lost");
+    } else if (bye === "media_restart") {
+      // the server's media process for this site was restarted: rejoin at once
+      this._scheduleReconnect("media_restart", 200);
     } else if (bye === "server_shutdown" || code === "server_shutdown") {
       // The server is restarting: come back by ourselves, a little after it said to.
       this.attempt = 0;
@@ -525,7 +528,15 @@ export class Conference extends EventTarget {
       case "joined":
         this._onJoined(msg, gen);
         break;
+      case "queued":
+        // a join storm: our offer waits for its turn; the server tells us our place
+        // (1 = next) and keeps it moving, so waiting longer than the answer timeout is fine
+        this.queuePlace = Number.isInteger(msg.position) ? msg.position : null;
+        this._setTimer("answer", ANSWER_TIMEOUT_MS, () => this._scheduleReconnect("media_failed"));
+        this._emit("state");
+        break;
       case "answer":
+        this.queuePlace = null;
         this._onAnswer(msg, gen);
         break;
       case "slots":
@@ -611,6 +622,7 @@ export class Conference extends EventTarget {
 
   _onJoined(msg, gen) {
     this._clearTimer("join");
+    this.queuePlace = null;
     this.self = msg.participant || null;
     this.meeting = msg.meeting || null;
     this.control = {

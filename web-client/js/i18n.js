@@ -26,6 +26,7 @@ const STRINGS = {
     "status.media": "Đang mở camera và micro…",
     "status.joining": "Đang vào phòng họp…",
     "status.joined": "Đã vào phòng, đang nối hình và tiếng…",
+    "status.queued": "Đang chờ vào phòng: thứ {n}. Nhiều điểm cầu vào cùng lúc, xin chờ giây lát…",
     "status.connected": "Đã kết nối — đang họp",
     "status.reconnecting": "Mất kết nối. Tự thử lại sau {s} giây (lần thứ {n})…",
     "status.reconnecting_now": "Mất kết nối. Đang kết nối lại (lần thứ {n})…",
@@ -37,6 +38,7 @@ const STRINGS = {
     "reason.server_unreachable": "Không liên lạc được với máy chủ. Hãy kiểm tra dây mạng hoặc Wi-Fi của máy này.",
     "reason.media_failed": "Không nối được hình và tiếng tới máy chủ (có thể mạng hoặc tường lửa đang chặn).",
     "reason.link_lost": "Đường truyền tới máy chủ bị ngắt.",
+    "reason.media_restart": "Phần truyền hình ảnh của máy chủ vừa khởi động lại. Điểm cầu đang tự kết nối lại, không cần làm gì.",
     "reason.server_restart": "Máy chủ đang khởi động lại. Điểm cầu sẽ tự vào lại cuộc họp sau ít giây, không cần làm gì.",
     "reason.offline": "Máy này đang mất mạng. Hãy kiểm tra dây mạng hoặc Wi-Fi.",
 
@@ -458,6 +460,7 @@ const STRINGS = {
     "status.media": "Opening camera and microphone…",
     "status.joining": "Joining the meeting…",
     "status.joined": "In the meeting, connecting sound and video…",
+    "status.queued": "Waiting to enter: number {n} in line. Many sites are joining at once; please wait…",
     "status.connected": "Connected — meeting in progress",
     "status.reconnecting": "Connection lost. Retrying in {s} s (attempt {n})…",
     "status.reconnecting_now": "Connection lost. Reconnecting (attempt {n})…",
@@ -469,6 +472,7 @@ const STRINGS = {
     "reason.server_unreachable": "Cannot reach the server. Check this computer's network cable or Wi-Fi.",
     "reason.media_failed": "Sound and video could not get through to the server (the network or a firewall may be blocking them).",
     "reason.link_lost": "The link to the server was cut.",
+    "reason.media_restart": "The server's media process was restarted. This site is reconnecting by itself; nothing to do.",
     "reason.server_restart": "The server is restarting. This site will rejoin the meeting by itself in a few seconds; nothing to do.",
     "reason.offline": "This computer is offline. Check the network cable or Wi-Fi.",
 

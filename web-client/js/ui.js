@@ -674,7 +674,7 @@ export class PageApp {
             : t("status.connecting");
         break;
       case "joined":
-        text = t("status.joined");
+        text = c && c.queuePlace ? t("status.queued", { n: c.queuePlace }) : t("status.joined");
         break;
       case "connected":
         text = t("status.connected");
