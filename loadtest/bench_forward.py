@@ -58,38 +58,72 @@ NEIGHBOUR_BUSY = 0.10  # other processes' CPU (in cores) above which results are
 # --------------------------------------------------------------------------- /proc
 
 
-def proc_cpu(pid: int) -> float:
-    """utime + stime of a whole process (all threads), seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        text = f.read()
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants: hoinghi's media workers are child processes, and an
+    SFU's cost is the cost of all of them."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        ppid = int(text[text.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _one_cpu(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return 0.0
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def proc_cpu(pid: int) -> float:
+    """utime + stime of a process and its descendants (all threads), seconds. (A child that
+    exits between two readings takes its CPU with it: workers live for the whole run.)"""
+    return sum(_one_cpu(p) for p in process_tree(pid))
+
+
 def proc_rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return total
 
 
 def udp_drops(pid: int) -> int:
-    """Datagrams dropped (receive buffer full) on the UDP sockets a process holds."""
+    """Datagrams dropped (receive buffer full) on the UDP sockets a process (and its
+    children) holds."""
     inodes = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
-    except OSError:
-        return 0
+    for p in process_tree(pid):
+        try:
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{p}/fd/{fd}")
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            continue
     drops = 0
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
@@ -253,6 +287,7 @@ class HoinghiTarget:
         (self.tmp / "hoinghi.toml").write_text(
             f"video_slots = {max(9, video_slots)}\n"
             f"max_participants = {max(200, participants + 10)}\n"
+            f"workers = {self.args.server_workers}\n"
             f'log_level = "{self.args.server_log_level}"\n'
         )
         self.tokens = TokenService(self.tmp / "secret.key")
@@ -808,6 +843,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--flow-timeout", type=float, default=90.0)
     p.add_argument("--settle", type=float, default=3.0, help="seconds after a rate change before its window")
     p.add_argument("--loss-threshold", type=float, default=0.05, help="saturate: stop above this loss %%")
+    p.add_argument("--server-workers", type=int, default=0,
+                   help="hoinghi media worker processes (0: media in the one server process, as Janus with one event loop)")
     p.add_argument("--server-cpus", default="0", help="taskset -c for the SFU ('' = no pinning)")
     p.add_argument("--gen-cpus", default="1", help="CPUs for this load generator ('' = no pinning)")
     p.add_argument("--no-pin", action="store_true", help="pin nothing")

@@ -31,8 +31,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
 def _threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
+    """Threads of the server and of its media workers (child processes)."""
+    return sum(len(os.listdir(f"/proc/{p}/task")) for p in [pid, *_children(pid)])
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -86,6 +101,8 @@ async def test_cli_token_joins_served_meeting_and_server_runs_no_codec(served):
     site_url, site_token = _token_from_cli(port, data_dir, "xa-1", "site")
     assert site_url.startswith(f"http://127.0.0.1:{port}/site#t=")
     await asyncio.sleep(0.5)
+    # `hoinghi serve` runs media in worker processes by default (one per core)
+    assert len(_children(proc.pid)) == min(len(os.sched_getaffinity(0)), 256)
     baseline = _threads(proc.pid)
     peers = [
         SyntheticSite(url, hub_token, fps=15),
@@ -104,7 +121,8 @@ async def test_cli_token_joins_served_meeting_and_server_runs_no_codec(served):
             await asyncio.sleep(0.2)
         assert all(p.track_for(hub_id).frames > 20 for p in peers[1:])
         # 4 published tracks forwarded to 5 receive slots: aiortc would have started >= 5
-        # decoder threads and executor threads for encoding; the forwarding core starts none.
+        # decoder threads and executor threads for encoding; the forwarding core (in the
+        # server's worker processes) starts none.
         assert _threads(proc.pid) <= baseline
     finally:
         for p in peers:
