@@ -439,7 +439,7 @@ class TransportProxy:
         if self.closed:
             return
         self.closed = True
-        self.router.forget(self.participant_id)
+        self.router.forget(self.participant_id, self)
 
 
 class RouterProxy:
@@ -486,9 +486,13 @@ class RouterProxy:
         self.producer_meta[t.participant_id] = items
         self.pool.broadcast({"op": "remote", "meeting": self.meeting_id, "pid": t.participant_id, "items": items}, exclude=t.worker)
 
-    def forget(self, participant_id: str) -> None:
+    def forget(self, participant_id: str, transport: Optional[TransportProxy] = None) -> None:
         """Drop a site everywhere (its worker closes the transport, others its twins)."""
-        t = self.transports.pop(participant_id, None)
+        t = self.transports.pop(participant_id, None) or transport
+        if t is not None and getattr(t, "_forgotten", False):
+            t = None  # its worker's count was already given back
+        elif t is not None:
+            t._forgotten = True  # type: ignore[attr-defined]
         self.participants.pop(participant_id, None)
         self.producer_meta.pop(participant_id, None)
         self._levels.pop(participant_id, None)

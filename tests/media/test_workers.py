@@ -176,3 +176,31 @@ async def test_recording_runs_in_a_worker_and_follows_a_floor_on_another(hoinghi
         assert frames >= FPS * 2
     finally:
         await _close(hub, site)
+
+
+async def test_bad_offer_is_refused_by_the_worker_and_nothing_else_changes(hoinghi_workers):
+    pool = hoinghi_workers.server.app[POOL_KEY]
+    hub = await _start(hoinghi_workers, "hub", "hub")
+    site = await _start(hoinghi_workers, "s1")
+    try:
+        assert await _wait(lambda: _frames(site, hub) > 5, 15)
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(hoinghi_workers.url.replace("http", "ws") + "/ws") as ws:
+                await ws.send_json({"type": "join", "token": hoinghi_workers.token("s2")})
+                joined = await ws.receive_json(timeout=10)
+                assert joined["type"] == "joined"
+                bad = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n"
+                await ws.send_json({"type": "offer", "sdp": bad, "id": 7})
+                while True:
+                    msg = await ws.receive_json(timeout=15)
+                    if msg["type"] == "error":
+                        break
+                assert msg["code"] == "sdp_invalid" and msg.get("ref") == 7, msg
+        await asyncio.sleep(0.5)
+        assert all(w["alive"] and w["restarts"] == 0 for w in pool.worker_stats())
+        assert sum(w.sites for w in pool.workers) == 2  # the refused site holds no place
+        n0 = _frames(site, hub)
+        await asyncio.sleep(1.0)
+        assert _frames(site, hub) > n0 + 5  # the others never noticed
+    finally:
+        await _close(hub, site)
