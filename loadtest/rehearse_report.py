@@ -69,6 +69,15 @@ def _nice_max(v: float) -> float:
     return 10 * exp
 
 
+def _x_ticks(xmax: float) -> list[float]:
+    step = _nice_max(xmax / 6) if xmax > 0 else 1.0
+    ticks, x = [], 0.0
+    while x <= xmax + 1e-9:
+        ticks.append(x)
+        x += step
+    return ticks
+
+
 def line_chart(title: str, xs: Sequence[float], series: list[tuple[str, Sequence[Optional[float]], str, float]],
                xlabel: str, width: int = 880, height: int = 240, ymax: Optional[float] = None) -> str:
     """Lines (label, values, colour, stroke width) over a shared x axis; None leaves a gap."""
@@ -92,9 +101,8 @@ def line_chart(title: str, xs: Sequence[float], series: list[tuple[str, Sequence
         y = ymax * i / 4
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#e5e5e5"/>'
                    f'<text x="{left - 4}" y="{py(y) + 4:.1f}" font-size="10" text-anchor="end">{y:g}</text>')
-    for i in range(6):
-        x = xmax * i / 5
-        out.append(f'<text x="{px(x):.1f}" y="{top + ph + 14}" font-size="10" text-anchor="middle">{x:.0f}</text>')
+    for x in _x_ticks(xmax):
+        out.append(f'<text x="{px(x):.1f}" y="{top + ph + 14}" font-size="10" text-anchor="middle">{x:g}</text>')
     out.append(f'<text x="{left + pw / 2}" y="{height - 4}" font-size="10" text-anchor="middle">{_e(xlabel)}</text>')
     for label, ys, colour, w in series:
         pts: list[str] = []
@@ -149,9 +157,8 @@ def layer_strips(title: str, legend: str, xs: Sequence[float], rows: list[tuple[
             out.append(f'<rect x="{x0:.1f}" y="{y}" width="{max(0.5, x1 - x0):.1f}" height="{row_h - 1}" fill="{colour}">'
                        f'<title>{_e(name)}: {key}</title></rect>')
             j = k + 1
-    for i in range(6):
-        x = xmax * i / 5
-        out.append(f'<text x="{left + pw * x / xmax:.1f}" y="{top + ph + 12}" font-size="10" text-anchor="middle">{x:.0f}</text>')
+    for x in _x_ticks(xmax):
+        out.append(f'<text x="{left + pw * x / xmax:.1f}" y="{top + ph + 12}" font-size="10" text-anchor="middle">{x:g}</text>')
     out.append(f'<text x="{left + pw / 2}" y="{top + ph + 26}" font-size="10" text-anchor="middle">{_e(xlabel)}</text>')
     out.append(f'<text x="4" y="{top + ph + 42}" font-size="10">{_e(legend)}</text></svg>')
     return "".join(out)
