@@ -27,6 +27,7 @@ NACK_INTERVAL = 0.04  # retry period for missing packets, s
 NACK_MAX_AGE = 1.0  # give up on a missing packet after this, s
 NACK_MAX_TRIES = 8
 MAX_GAP = 400  # a larger forward jump is a publisher restart, not loss
+PROBATION = 3  # consecutive packets that confirm a far sequence jump (a restart)
 KEYFRAME_MIN_INTERVAL = 0.5  # at most two keyframe requests a second per layer
 KEYFRAME_RETRY = 1.0  # ask again if the keyframe has not come after this
 
@@ -52,6 +53,9 @@ class RecvStream:
         self.expected_prior = 0
         self.received_prior = 0
         self.duplicates = 0
+        self.stray = 0  # packets far off the sequence, dropped unless a restart is confirmed
+        self._far_seq = 0
+        self._far_n = 0
         self.missing: dict[int, list[float]] = {}  # seq -> [first seen missing, last nack, tries]
         self._nack_timer: Optional[asyncio.TimerHandle] = None
         self.nacks_sent = 0
@@ -91,26 +95,38 @@ class RecvStream:
             if delta == 0:
                 self.duplicates += 1
                 return
-            if delta < 0x8000:
+            if delta < 0x8000 and delta <= MAX_GAP:
                 if delta > 1:
-                    if delta > MAX_GAP:
-                        # publisher restarted its sequence: resynchronise, no NACK storm
-                        self.missing.clear()
-                        self.base_seq = seq
-                        self.cycles = 0
-                        self.received = 0
-                        self.expected_prior = self.received_prior = 0
-                        self.request_keyframe(now)
-                    else:
-                        self._gap(self.max_seq, seq, now)
+                    self._gap(self.max_seq, seq, now)
                 if seq < self.max_seq:
                     self.cycles += 0x10000
                 self.max_seq = seq
-            else:
-                if self.missing.pop(seq, None) is None:
-                    self.duplicates += 1
-                    return
+                self._far_n = 0
+            elif delta >= 0x8000 and self.missing.pop(seq, None) is not None:
                 self.recovered += 1
+            elif delta >= 0x8000 and (self.max_seq - seq) & 0xFFFF <= MAX_GAP:
+                self.duplicates += 1  # late duplicate, or given up on
+                return
+            else:
+                # Far from the sequence, either way: a publisher restart, or one stray
+                # packet. Only PROBATION consecutive ones are believed (as libwebrtc does),
+                # so a single bad sequence number cannot make the real stream look old.
+                if self._far_n and seq == (self._far_seq + 1) & 0xFFFF:
+                    self._far_n += 1
+                else:
+                    self._far_n = 1
+                self._far_seq = seq
+                if self._far_n < PROBATION:
+                    self.stray += 1
+                    return
+                # publisher restarted its sequence: resynchronise, no NACK storm
+                self._far_n = 0
+                self.missing.clear()
+                self.base_seq = self.max_seq = seq
+                self.cycles = 0
+                self.received = 0
+                self.expected_prior = self.received_prior = 0
+                self.request_keyframe(now)
         self.received += 1
         if not recovered:
             # RFC 3550 A.8 interarrival jitter, in RTP units

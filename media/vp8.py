@@ -42,6 +42,14 @@ def parse_descriptor(info: RtpInfo) -> None:
             if i < end:
                 info.vp8_tid = data[i] >> 6
             i += 1
+        if i > end:
+            # The descriptor claims bytes the packet does not have: offsets past the end
+            # would make every subscriber's rewrite fail. Treat it as carrying no descriptor.
+            info.vp8_pid_off = -1
+            info.vp8_pid_wide = False
+            info.vp8_tl0_off = -1
+            info.vp8_tid = 0
+            return
     info.vp8_start = start
     # VP8 payload header: bit 0 of the first byte is the inverse keyframe flag (RFC 7741 4.3).
     if start and i < end and not (data[i] & 0x01):
