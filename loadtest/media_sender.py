@@ -134,16 +134,18 @@ class LayerSender:
         self.frames = 0
         self.keyframes = 0
         self.keyframe_requests = 0
-        self.key_delays: list[float] = []  # s from a PLI/FIR to the keyframe being sent
+        self.key_delays: list[float] = []  # s from a PLI/FIR to the keyframe being queued
+        self.key_delay_frames: list[int] = []  # the same in frames (at most the media's key_step)
         self._key_asked = 0.0
+        self._key_asked_frame = 0
         self.nacked = 0
         self.retransmitted = 0
         self.dropped = 0  # packets dropped from the backlog on stop
 
     # ---------------------------------------------------------------- frames
 
-    def queue_frame(self, idx: int, ts: int, now: float) -> None:
-        """Queue frame `idx` of the loop (the pacer sends it)."""
+    def queue_frame(self, n: int, idx: int, ts: int, now: float) -> None:
+        """Queue absolute frame `n` (loop index `idx`); the pacer sends it."""
         if not self.active:
             return
         m = self.media
@@ -156,6 +158,7 @@ class LayerSender:
                 self.wait_for_key = False
                 if self._key_asked:
                     self.key_delays.append(now - self._key_asked)
+                    self.key_delay_frames.append(n - self._key_asked_frame)
                     self._key_asked = 0.0
             elif self.wait_for_key:
                 return
@@ -222,6 +225,7 @@ class LayerSender:
         self.keyframe_requests += 1
         if not self.need_key:
             self._key_asked = now
+            self._key_asked_frame = self.source.next_frame
         self.need_key = True
 
     def set_active(self, active: bool, now: float) -> None:
@@ -236,6 +240,7 @@ class LayerSender:
         else:
             self.dropped += len(self.backlog)
             self.backlog.clear()
+            self._key_asked = 0.0  # a paused layer serves nobody; its restart is a keyframe anyway
 
     def on_nack(self, seqs: list[int]) -> None:
         self.nacked += len(seqs)
@@ -356,7 +361,7 @@ class SimulcastSource:
             idx = (n + clock.offset) % clock.loop
             ts = (self.ts_base + n * self.ts_step) & 0xFFFFFFFF
             for layer in self.layers:
-                layer.queue_frame(idx, ts, now)
+                layer.queue_frame(n, idx, ts, now)
             self.next_frame = n + 1
             due = clock.start + self.next_frame / clock.fps
         for layer in self.layers:

@@ -1,0 +1,290 @@
+"""Pre-encoded synthetic media (loadtest/media_source.py), its senders and the measuring receiver.
+
+The encoding is real libvpx/libopus through PyAV; the end-to-end tests run the real hoinghi
+app in-process with raw peers (real ICE/DTLS/SRTP on loopback) that send the cached VP8
+simulcast layers and Opus, and a receiver that decodes what the SFU forwards and reads the
+stamps back. The default media set is encoded once into ~/.cache/hoinghi (or $HOINGHI_CACHE)
+and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import aiohttp
+import av
+import numpy as np
+import pytest
+
+from loadtest import media_source
+from loadtest.measure import MeasuringReceiver
+from loadtest.media_sender import munge_simulcast_offer
+from loadtest.media_source import FrameClock, LayerSpec, Scene, SyntheticMedia, TalkSchedule, read_stamp
+from loadtest.rawpeer import FeedbackTicker, HoinghiSite, RawPeer
+from media import rtcp
+from media.rtp import URI_RID, URI_RRID
+from media.sdp import inspect_offer
+
+SMALL = (LayerSpec("q", 320, 180, 150_000),)
+
+
+@pytest.fixture(scope="module")
+def media() -> SyntheticMedia:
+    # 5 s loop, 3 layers: encoded once per machine (about a minute on one busy core), then cached
+    return SyntheticMedia.load(seconds=5.0)
+
+
+def _decode(frames) -> list:
+    """Decode EncodedFrames in order; the luma plane of every picture."""
+    ctx = av.CodecContext.create("vp8", "r")
+    out = []
+    for f in frames:
+        data = b"".join(p[6:] for p in f.payloads)  # strip the 6-byte descriptor
+        out += [pic.to_ndarray(format="gray") for pic in ctx.decode(av.Packet(data))]
+    return out
+
+
+# --------------------------------------------------------------------------- encoding, stamp, cache
+
+
+def test_stamp_reads_back_from_the_drawn_picture_and_refuses_a_corrupt_one():
+    scene = Scene(320, 180, 100, "xa-test", variant=7)
+    for i in (0, 1, 57, 99):
+        gray = np.ascontiguousarray(scene.draw(i)[:, :, 1])
+        assert read_stamp(gray) == media_source.Stamp(i, 7)
+    gray = np.ascontiguousarray(scene.draw(42)[:, :, 1])
+    x0, y0, x1, y1 = media_source._cell_boxes(320, 180)[5]
+    gray[y0:y1, x0:x1] = 255 - gray[y0:y1, x0:x1]  # one bit flipped: the CRC refuses it
+    assert read_stamp(gray) is None
+
+
+def test_cache_second_load_is_identical_and_does_not_encode(tmp_path, monkeypatch):
+    first = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, label="cache-test")
+    assert not first.loaded_from_cache
+    assert len(list(tmp_path.glob("synthetic-*.bin"))) == 1
+
+    def no_encoding(params):
+        raise AssertionError("encoded again although the cache holds these parameters")
+
+    monkeypatch.setattr(media_source, "encode_media", no_encoding)
+    second = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, label="cache-test")
+    assert second.loaded_from_cache and second.key == first.key
+    for a, b in zip(first.layers, second.layers):
+        assert [[f.payloads for f in ph] for ph in a.phases] == [[f.payloads for f in ph] for ph in b.phases]
+        assert a.key_phases == b.key_phases
+    assert first.audio.packets == second.audio.packets and first.audio.levels == second.audio.levels
+    # other parameters are another entry, not a stale hit
+    with pytest.raises(AssertionError, match="encoded again"):
+        SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, label="another label")
+    monkeypatch.undo()
+    # a damaged file is re-encoded, not trusted
+    path = next(tmp_path.glob("synthetic-*.bin"))
+    path.write_bytes(path.read_bytes()[:1000])
+    third = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, label="cache-test")
+    assert not third.loaded_from_cache  # (libvpx in real-time mode is not bit-exact run to run)
+    assert len(third.layers[0].phases[0]) == len(first.layers[0].phases[0]) == 50
+
+
+def test_audio_levels_follow_the_speech_and_silence_is_silent(tmp_path):
+    m = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, audio_seed=3)
+    a = m.audio
+    assert len(a.packets) == len(a.levels) == 125  # 2.5 s of 20 ms packets
+    voiced = [lv for lv in a.levels if lv < 50]
+    pauses = [lv for lv in a.levels if lv > 60]
+    assert len(voiced) > 0.3 * len(a.levels) and pauses, a.levels  # words, with pauses between
+    assert min(a.levels) < 30  # speech peaks well above the -50 dBov speech threshold
+    assert a.silence_level == 127 and 0 < len(a.silence) < np.median([len(p) for p in a.packets])
+    # the Opus packets really decode, to about the level recorded for them
+    ctx = av.CodecContext.create("opus", "r")
+    pcm = np.concatenate([f.to_ndarray().reshape(-1) for p in a.packets for f in ctx.decode(av.Packet(p))])
+    rms = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))
+    assert rms > 0.01
+    talk = TalkSchedule([(1.0, 2.0)])
+    assert not talk.is_talking(0.5) and talk.is_talking(1.5) and not talk.is_talking(2.0)
+    assert TalkSchedule.silent().is_talking(3) is False and TalkSchedule.always().is_talking(3)
+
+
+def test_frame_clock_maps_a_loop_index_back_to_the_frame():
+    clock = FrameClock(start=100.0, fps=20, loop=100, offset=37)
+    for n in (0, 1, 62, 63, 99, 100, 1234):
+        idx = (n + clock.offset) % clock.loop
+        for latency in (0.0, 0.049, 0.4, 4.9):
+            assert clock.frame_for(idx, clock.send_time(n) + latency) == n
+    assert FrameClock.from_dict(clock.to_dict()) == clock
+
+
+@pytest.mark.slow
+def test_stamp_survives_vp8_at_every_layer_and_phase(media):
+    assert [(l.spec.width, l.spec.height) for l in media.layers] == [(320, 180), (640, 360), (1280, 720)]
+    loop, step = media.loop_frames, media.key_step
+    for layer in media.layers:
+        rate = layer.bitrate(media.fps)
+        assert 0.5 * layer.spec.bitrate < rate < 1.6 * layer.spec.bitrate, (layer.rid, rate)
+        for p, frames in enumerate(layer.phases):
+            order = [(p * step + k) % loop for k in range(loop)]
+            assert frames[order[0]].key
+            pictures = _decode([frames[i] for i in order])
+            assert len(pictures) == loop
+            assert pictures[0].shape == (layer.spec.height, layer.spec.width)
+            stamps = [read_stamp(g) for g in pictures]
+            assert [s.frame if s else None for s in stamps] == order, (layer.rid, p)
+    # a keyframe request switches phase at that phase's keyframe: the decoder goes on cleanly
+    f = media.layers[-1]
+    assert f.key_phases[step] == (1,)  # phase k has its keyframes at k * step (+ n * gop)
+    frames = [f.phases[0][i] for i in range(step)] + [f.phases[1][i] for i in range(step, step + 20)]
+    got = [read_stamp(g) for g in _decode(frames)]
+    assert [s.frame for s in got] == list(range(step)) + list(range(step, step + 20))
+
+
+async def test_offer_is_read_by_the_server_as_three_layers(tmp_path):
+    media = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL)
+    peer = RawPeer("x", publish_video=True, publish_audio=True, video_slots=2, audio_slots=1, media=media, simulcast=True)
+    try:
+        sdp = await peer.create_offer()
+    finally:
+        await peer.close()
+    info = inspect_offer(sdp, 9, 3)
+    video = info.publish["video"]
+    assert video.rids == ["q"]  # SMALL has one layer; the default set gives q, h, f
+    assert video.ssrcs == [] and video.fid == {}  # a browser's simulcast offer has no a=ssrc
+    assert URI_RID in video.extensions and URI_RRID in video.extensions
+    three = munge_simulcast_offer(sdp.replace("a=rid:q send\r\n", "").replace("a=simulcast:send q\r\n", ""), video.mid, ["f", "q", "h"])
+    assert inspect_offer(three, 9, 3).publish["video"].rids == ["q", "h", "f"]  # lowest first
+    assert len(info.slots["video"]) == 2 and len(info.slots["audio"]) == 1
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+async def _wait(pred, timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        await asyncio.sleep(step)
+    return bool(pred())
+
+
+def room_streams(server, pub: HoinghiSite) -> list:
+    room = server.signaling.rooms["demo"]
+    return room.router.transports[pub.participant_id].producers["video"].streams
+
+
+async def _site(http, server, site: str, role: str = "site", **kw) -> HoinghiSite:
+    return HoinghiSite(http, server.url, server.token(site, role), site, **kw)
+
+
+async def _connect(peer: HoinghiSite) -> None:
+    await peer.join()
+    await peer.negotiate()
+    await peer.wait_connected()
+
+
+@pytest.mark.slow
+async def test_simulcast_publisher_to_a_measuring_receiver(hoinghi_server, media):
+    """1 simulcast publisher (talking) + 1 single-encoding publisher (silent) + 1 measuring
+    receiver for ~5 s: frames decoded with increasing numbers, finite latency, 3 layers at
+    the server, and the server's speaker detection picks the talking site."""
+    async with aiohttp.ClientSession() as http:
+        pub = await _site(http, hoinghi_server, "hub", "hub", publish_audio=True, media=media, simulcast=True,
+                          talk=TalkSchedule.always(), feedback="rr", seed=1)
+        quiet = await _site(http, hoinghi_server, "xa-quiet", publish_audio=True, media=media,
+                            talk=TalkSchedule.silent(), feedback="rr", seed=2)
+        viewer = await _site(http, hoinghi_server, "xa-viewer", publish_video=False, video_slots=2, audio_slots=1)
+        meter = MeasuringReceiver(viewer, sample=2)
+        ticker = FeedbackTicker([viewer, pub, quiet])
+        ticker.start()
+        try:
+            for p in (pub, quiet):
+                await _connect(p)
+                await p.start_media()
+            await _connect(viewer)
+            assert await _wait(lambda: meter.meters and all(m.frames > 5 for m in meter.meters.values()), 15), meter.report()
+            # h and f may have been paused (publish_layers) before anyone watched: the viewer's
+            # slot climbing asks for them again
+            streams = room_streams(hoinghi_server, pub)
+            assert await _wait(lambda: all(s.received > 0 for s in streams), 15), [s.received for s in streams]
+            await asyncio.sleep(5.0)
+            meter.flush()
+            report = meter.report()
+        finally:
+            await ticker.stop()
+            room = hoinghi_server.signaling.rooms["demo"]
+            transport = room.router.transports[pub.participant_id]
+            streams = [(s.rid, s.received, s.keyframes) for s in transport.producers["video"].streams]
+            dominant = room.router.speakers.dominant
+            await asyncio.gather(pub.close(), quiet.close(), viewer.close(), return_exceptions=True)
+            meter.close()
+
+    by_site = {s["site_id"]: s for s in report["slots"]}
+    assert set(by_site) == {"hub", "xa-quiet"}, report
+    src = pub.simulcast_source
+    assert src is not None and [l.rid for l in src.layers] == ["q", "h", "f"]
+    hub = by_site["hub"]
+    numbers = list(meter.meters[hub["index"]].numbers)
+    assert len(numbers) > 40, hub
+    # increasing frame numbers, consistent with what was sent
+    assert all(b > a for a, b in zip(numbers, numbers[1:])), numbers
+    assert len(numbers) >= 0.7 * (numbers[-1] - numbers[0] + 1), hub
+    assert numbers[-1] <= src.next_frame and src.next_frame - numbers[-1] < 2 * media.fps
+    assert hub["out_of_order"] == 0 and hub["stamp_errors"] == 0, hub
+    lat = hub["latency_ms"]
+    assert lat["n"] == len(numbers) and math.isfinite(lat["p50"]) and 0 < lat["min"] and lat["p50"] < 1000, lat
+    assert hub["fps"] > 10, hub
+    assert set(hub["resolutions"]) <= {"320x180", "640x360", "1280x720"}
+    # the single-encoding publisher sends its top layer only
+    quiet_slot = by_site["xa-quiet"]
+    assert set(quiet_slot["resolutions"]) == {"1280x720"} and quiet_slot["frames"] > 40, quiet_slot
+    # the server received all three layers of the simulcast publisher, each with keyframes
+    assert [rid for rid, _, _ in streams] == ["q", "h", "f"]
+    assert all(received > 20 and keys >= 1 for _, received, keys in streams), streams
+    # real audio levels: the talking site is the dominant speaker, the silent one is not
+    assert dominant == pub.participant_id
+    assert pub.audio_source.talking_packets > 200 and quiet.audio_source.talking_packets == 0
+    assert report["rtp"]["bad_srtp"] == 0
+
+
+@pytest.mark.slow
+async def test_pli_gives_a_keyframe_on_that_layer_and_publish_layers_stops_the_others(hoinghi_server, media):
+    async with aiohttp.ClientSession() as http:
+        pub = await _site(http, hoinghi_server, "hub", "hub", media=media, simulcast=True, feedback="rr")
+        viewer = await _site(http, hoinghi_server, "xa-viewer", publish_video=False, video_slots=1, audio_slots=0)
+        ticker = FeedbackTicker([viewer, pub])
+        ticker.start()
+        try:
+            await _connect(pub)
+            await pub.start_media()
+            await _connect(viewer)
+            src = pub.simulcast_source
+            room = hoinghi_server.signaling.rooms["demo"]
+            transport = room.router.transports[pub.participant_id]
+            streams = transport.producers["video"].streams
+            assert await _wait(lambda: all(s.received > 10 for s in streams), 15), [s.received for s in streams]
+            # the lowest layer: the only one the server never pauses (publish_layers), so the
+            # keyframe's delay is the sender's alone
+            q_server = streams[0]
+            q = src.layers[0]
+            assert q.rid == "q" and q_server.rid == "q" and q_server.ssrc == q.ssrc
+            # a real PLI over SRTCP from the server's transport for this layer
+            before = (q.keyframe_requests, len(q.key_delays), q_server.keyframes)
+            transport.send_rtcp(rtcp.pack_pli(transport.rtcp_ssrc, q.ssrc))
+            assert await _wait(lambda: len(q.key_delays) > before[1], 3)
+            assert q.keyframe_requests >= before[0] + 1  # (the server may ask too, e.g. on a layer switch)
+            # the keyframe of the phase whose keyframe comes first: within key_step frames
+            assert 0 <= q.key_delay_frames[-1] <= media.key_step, q.key_delay_frames
+            assert await _wait(lambda: q_server.keyframes > before[2], 2)  # and it reached the server
+
+            # nobody watches any more: the server asks for q only, and h/f stop
+            await viewer.close()
+            assert await _wait(lambda: pub.publish_layers == ["q"], 15), pub.publish_layers
+            await asyncio.sleep(0.3)
+            sent = [l.packets for l in src.layers]
+            await asyncio.sleep(1.0)
+            now = [l.packets for l in src.layers]
+            assert now[0] > sent[0] and now[1] == sent[1] and now[2] == sent[2], (sent, now)
+            assert [l.active for l in src.layers] == [True, False, False]
+        finally:
+            await ticker.stop()
+            await asyncio.gather(pub.close(), viewer.close(), return_exceptions=True)
