@@ -97,6 +97,11 @@ class SlotMeter:
         # figures (written by the decode thread, read by report())
         self.packets = 0
         self.rtx_packets = 0
+        self.bytes = 0
+        self.first_packet_t = 0.0
+        self.last_packet_t = 0.0
+        self.jitter = 0.0  # RFC 3550 interarrival jitter, 90 kHz units
+        self._transit: Optional[float] = None
         self.frames_complete = 0
         self.frames_dropped = 0  # complete frames not decodable (after a gap, before a keyframe)
         self.gaps = 0
@@ -136,12 +141,23 @@ class SlotMeter:
             seq = (p[off] << 8) | p[off + 1]
             off += 2
             self.rtx_packets += 1
-        else:
+        ts = (p[4] << 24) | (p[5] << 16) | (p[6] << 8) | p[7]
+        if not rtx:
             seq = (p[2] << 8) | p[3]
             self.packets += 1
+            self.bytes += len(p)
+            now = time.monotonic()
+            if not self.first_packet_t:
+                self.first_packet_t = now
+            self.last_packet_t = now
+            transit = now * 90000.0 - ts
+            if self._transit is not None:
+                d = abs(transit - self._transit)
+                if d < 900000:  # a jump of > 10 s is a source switch or a wrap, not jitter
+                    self.jitter += (d - self.jitter) / 16.0
+            self._transit = transit
         if off >= end:
             return
-        ts = (p[4] << 24) | (p[5] << 16) | (p[6] << 8) | p[7]
         marker = bool(p[1] & 0x80)
         last_ts = self.last_ts
         if last_ts is not None and not 0 < ((ts - last_ts) & 0xFFFFFFFF) < 0x80000000:
@@ -269,6 +285,10 @@ class SlotMeter:
             "sites": dict(self.sites),
             "packets": self.packets,
             "rtx_packets": self.rtx_packets,
+            "kbps": round(self.bytes * 8 / 1000 / (self.last_packet_t - self.first_packet_t), 1)
+            if self.last_packet_t > self.first_packet_t
+            else 0.0,
+            "jitter_ms": round(self.jitter / 90.0, 2),
             "frames_complete": self.frames_complete,
             "frames": self.frames,
             "fps": round((self.frames - 1) / span, 2) if span > 0 else 0.0,
@@ -327,6 +347,8 @@ class MeasuringReceiver:
         self._inflight = 0
         self._lock = threading.Lock()
         self.backlog_dropped = 0
+        if peer.transport.connected.is_set():
+            raise RuntimeError("create the MeasuringReceiver before the peer connects (its RTP callback is bound then)")
         inner = peer.transport.on_rtp
         by_ssrc = self._by_ssrc
 
