@@ -671,6 +671,7 @@ class Rehearsal:
                 if d is not None:
                     # loss on this site's own downlink, against what reached it plus what it dropped
                     dropped = d.dropped_rtp - st.steady_link_dropped
+                    summary["link_dropped"] = dropped
                     arrived = summary["packets"] + dropped
                     summary["own_link_loss_pct"] = round(100.0 * dropped / arrived, 3) if arrived else None
         out["summary"] = summary
@@ -713,6 +714,14 @@ class Rehearsal:
             if up:
                 server["hub_uplink_kbps_peak"] = up[-1]
                 server["hub_uplink_kbps_p95"] = up[min(len(up) - 1, int(0.95 * len(up)))]
+        if steady_s:
+            # counted at the sites (what reached them + what their shaped links dropped): the
+            # same count the Janus comparison uses, where there is no /metrics
+            fwd = sum(s["summary"].get("packets", 0) + s["summary"].get("link_dropped", 0) for s in sites if s["summary"])
+            server["forwarded_at_sites"] = fwd
+            server["forwarded_at_sites_per_s"] = round(fwd / steady_s, 1)
+            if server.get("cpu_s") is not None and fwd:
+                server["us_per_forwarded_packet_sites"] = round(1e6 * server["cpu_s"] / fwd, 2)
         joined = [s for s in sites if s["joined"]]
         sums = [s["summary"] for s in sites if s["summary"]]
         exp = sum(x["expected"] for x in sums)

@@ -283,8 +283,8 @@ def janus_table(result: dict, t: dict) -> str:
         return f"<h2>{_e(t['janus'])}</h2><p>{_e(j['error'])}</p>"
     rows = [
         ("", "hoinghi", "Janus"),
-        (t["us_pkt"], _fmt(h.get("us_per_forwarded_packet"), 2), _fmt(j.get("us_per_forwarded_packet"), 2)),
-        (t["fwd"], _fmt(h.get("packets_out_per_s"), 0), _fmt(j.get("forwarded_per_s"), 0)),
+        (t["us_pkt"], _fmt(h.get("us_per_forwarded_packet_sites"), 2), _fmt(j.get("us_per_forwarded_packet"), 2)),
+        (t["fwd"], _fmt(h.get("forwarded_at_sites_per_s"), 0), _fmt(j.get("forwarded_per_s"), 0)),
         (t["server_cpu"] + " %", _fmt(h.get("cpu_pct_mean"), 0), _fmt(j.get("cpu_pct_mean"), 0)),
         (t["loss"] + " %", _fmt(result["totals"].get("loss_pct"), 3), _fmt(j.get("loss_pct"), 3)),
         (t["freezes"], _fmt(result["totals"].get("freezes")), _fmt(j.get("freezes"))),
