@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from media import rtcp
 
-from .media_source import CLOCKS, FrameClock, read_stamp
+from .media_source import CLOCKS, FrameClock, luma, read_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class SlotMeter:
             return
         for pic in pictures:
             t = time.monotonic()
-            gray = pic.to_ndarray(format="gray")
+            gray = luma(pic) if pic.format.name in ("yuv420p", "yuvj420p") else pic.to_ndarray(format="gray")
             self._picture(t, gray, pic.width, pic.height, site)
 
     def _picture(self, t: float, gray, width: int, height: int, site: Optional[str]) -> None:

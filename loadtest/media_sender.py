@@ -349,6 +349,18 @@ class SimulcastSource:
             self.start(now)
         clock = self.clock
         due = clock.start + self.next_frame / clock.fps
+        if due > now and now < self._next_sr and not self._backlogged():
+            return  # most ticks: nothing due, nothing queued
+        self._tick(now, due)
+
+    def _backlogged(self) -> bool:
+        for layer in self.layers:
+            if layer.backlog:
+                return True
+        return False
+
+    def _tick(self, now: float, due: float) -> None:
+        clock = self.clock
         if now - due > 0.5:
             # the generator fell behind: shift the schedule (the camera "paused") instead of
             # bursting half a second of frames; receivers see it as latency, not loss

@@ -164,6 +164,17 @@ class Stamp:
     variant: int
 
 
+def luma(picture) -> np.ndarray:
+    """The Y plane of a decoded yuv420p av.VideoFrame as a (height, width) view, no copy.
+
+    What read_stamp needs; VideoFrame.to_ndarray(format="gray") goes through swscale and
+    costs more than decoding the picture.
+    """
+    plane = picture.planes[0]
+    rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+    return rows[:, : plane.width]
+
+
 def read_stamp(gray: np.ndarray) -> Optional[Stamp]:
     """Read the stamp from a decoded frame's luma plane (any layer size); None if unreadable.
 

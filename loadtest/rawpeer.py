@@ -751,6 +751,9 @@ class RawPeer:
                     self.transport, media, main.payloadType, rids=media.rids,
                     rid_id=exts.get(URI_RID, RID_EXT_ID), rrid_id=exts.get(URI_RRID, RRID_EXT_ID), **common,
                 )
+                asked = getattr(self, "publish_layers", None)  # a publish_layers that came before the answer
+                if asked is not None:
+                    self.simulcast_source.set_active(asked)
             else:
                 ssrcs = [(t.sender._ssrc, t.sender._rtx_ssrc if rtx else None)]
                 self.simulcast_source = SimulcastSource(

@@ -42,7 +42,7 @@ def _decode(frames) -> list:
     out = []
     for f in frames:
         data = b"".join(p[6:] for p in f.payloads)  # strip the 6-byte descriptor
-        out += [pic.to_ndarray(format="gray") for pic in ctx.decode(av.Packet(data))]
+        out += [media_source.luma(pic) for pic in ctx.decode(av.Packet(data))]
     return out
 
 
