@@ -33,9 +33,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
-from .allocator import THUMBNAIL_MAX_LAYER, layer_rate
+from .allocator import NOMINAL_BPS, THUMBNAIL_MAX_LAYER
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -50,6 +51,11 @@ HEADROOM = 0.1
 
 # priority classes, lowest number served first (cut last)
 STAGE_LOW, STAGE_UP, SPEAKER, THUMB = 0, 1, 2, 3
+#: Streams are costed at their average over this long (plus RATE_MARGIN), not at the
+#: allocator's decaying peak: a keyframe every few seconds would make the plan, and with it
+#: the thumbnails, flap; the uplink's queue absorbs a keyframe, not a sustained excess.
+AVERAGE_S = 4.0
+RATE_MARGIN = 1.1
 
 
 class EgressBudget:
@@ -75,6 +81,7 @@ class EgressBudget:
         self.limited_receivers = 0
         self.paused_slots = 0  # video slots the budget paused
         self.rounds = 0
+        self._samples: dict[int, deque] = {}  # id(RecvStream) -> (time, octets) over AVERAGE_S
 
     # ---------------------------------------------------------------- control
 
@@ -110,6 +117,7 @@ class EgressBudget:
         )
         self._measure(transports, now)
         self.rounds += 1
+        self._update_rates(transports, now)
         if self.capacity_bps <= 0:  # unlimited: only measure (the console shows the use)
             self.limiting = False
             self.demand_bps = self.planned_bps = 0.0
@@ -135,7 +143,7 @@ class EgressBudget:
                     top = len(p.streams) - 1
                     prev = 0.0
                     for layer in range(top + 1):
-                        rate = layer_rate(p.streams[layer], layer)
+                        rate = self.stream_rate(p.streams[layer], layer)
                         steps.append((STAGE_LOW if layer == 0 else STAGE_UP, layer, order, t, c, layer, rate - prev))
                         prev = rate
                 else:
@@ -143,7 +151,7 @@ class EgressBudget:
                     top = min(THUMBNAIL_MAX_LAYER, len(p.streams) - 1)
                     prev = 0.0
                     for layer in range(top + 1):
-                        rate = layer_rate(p.streams[layer], layer)
+                        rate = self.stream_rate(p.streams[layer], layer)
                         steps.append((cls, c.index * 8 + layer, order, t, c, layer, rate - prev))
                         prev = rate
         steps.sort(key=lambda s: (s[0], s[1], s[2]))
@@ -202,6 +210,44 @@ class EgressBudget:
             self._set_limits(t, limits)
         self.limited_receivers = limited
         self.paused_slots = paused
+
+    def stream_rate(self, stream, layer: int) -> float:
+        """What forwarding one layer costs the uplink, as the plan counts it: its average
+        over the last AVERAGE_S (from its byte counter) plus RATE_MARGIN while it flows;
+        its peak while it has flowed for less than a second; a nominal rate when it does
+        not flow (a layer paused at the publisher because nobody took it)."""
+        nominal = NOMINAL_BPS[min(layer, len(NOMINAL_BPS) - 1)]
+        if stream.ssrc is None or time.monotonic() - stream.last_packet >= 1.0:
+            return nominal
+        samples = self._samples.get(id(stream))
+        if samples and len(samples) > 1 and samples[-1][0] - samples[0][0] >= 1.0:
+            (t0, o0), (t1, o1) = samples[0], samples[-1]
+            rate = (o1 - o0) * 8 / (t1 - t0)
+        else:
+            rate = max(stream.bitrate, stream.bitrate_peak)
+        return max(rate * RATE_MARGIN, nominal * 0.25)
+
+    def _update_rates(self, transports: list["WebRtcTransport"], now: float) -> None:
+        """One (time, byte count) sample per stream per round; a stream that stopped
+        starts a fresh window when it resumes (idle time must not dilute its rate)."""
+        seen: dict[int, deque] = {}
+        for t in transports:
+            for c in t.consumers["video"]:
+                p = c.producer
+                if p is None:
+                    continue
+                for stream in p.streams:
+                    key = id(stream)
+                    if key in seen:
+                        continue
+                    samples = self._samples.get(key)
+                    if samples is None or now - stream.last_packet >= 1.0:
+                        samples = deque()
+                    samples.append((now, stream.octets))
+                    while len(samples) > 2 and now - samples[1][0] >= AVERAGE_S:
+                        samples.popleft()
+                    seen[key] = samples
+        self._samples = seen
 
     @staticmethod
     def _set_limits(t: "WebRtcTransport", limits: Optional[dict["Consumer", int]]) -> None:
