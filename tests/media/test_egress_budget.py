@@ -247,3 +247,74 @@ async def test_floor_keeps_its_top_layer_longest(hoinghi_server):
             await ticker.stop()
         await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
         await http.close()
+
+
+async def test_speaker_thumbnail_outlasts_pinned_ones(hoinghi_server):
+    """Two pinned thumbnails rank before the speaker in every receiver's slots, but under a
+    budget the dominant speaker's thumbnail is the one kept next to the floor."""
+    server = hoinghi_server
+    sig = server.signaling
+    http = aiohttp.ClientSession()
+    peers: list[HoinghiSite] = []
+    pacer = Pacer(fps=30, rate=60, audio=True)
+    ticker = None
+    try:
+        pubs = {}
+        for sid in ("floor", "t1", "t2", "talker"):
+            p = HoinghiSite(http, server.url, server.token(sid), sid, payload_size=600, publish_video=True,
+                            publish_audio=sid == "talker")
+            peers.append(p)
+            await p.join()
+            await p.negotiate()
+            await p.wait_connected()
+            pacer.sources.append(p.video)
+            if p.audio is not None:
+                pacer.audio_sources.append(p.audio)
+            pubs[sid] = p
+        pacer.start()
+        receivers = []
+        for i in range(2):
+            r = HoinghiSite(http, server.url, server.token(f"r{i}"), f"r{i}", publish_video=False, video_slots=4, audio_slots=1)
+            peers.append(r)
+            await r.join()
+            await r.negotiate()
+            await r.wait_connected()
+            receivers.append(r)
+        ticker = FeedbackTicker(receivers)
+        ticker.start()
+        await sig.chair.act("demo", "floor", site_id="floor")
+        await sig.chair.act("demo", "pin", site_id="t1")
+        await sig.chair.act("demo", "pin", site_id="t2")
+        router = sig.rooms["demo"].router
+        rts = [router.transports[r.participant_id] for r in receivers]
+        pid = {sid: p.participant_id for sid, p in pubs.items()}
+
+        def order(t) -> list:
+            return [c.producer.participant_id if c.producer else None for c in t.consumers["video"]]
+
+        await _until(lambda: router.speakers.dominant == pid["talker"], 10, "the talker is the dominant speaker")
+        want = [pid["floor"], pid["t1"], pid["t2"], pid["talker"]]
+        await _until(lambda: all(order(t) == want for t in rts), 5, "floor, pins, then the speaker")
+        await _until(lambda: all(not c.paused for t in rts for c in t.consumers["video"]), 10, "every slot playing")
+        await asyncio.sleep(AVERAGE_S)
+
+        one = sig.egress.stream_rate(router.transports[pid["t1"]].producers["video"].streams[0], 0)
+        audio = sum(t.allocator.audio_bps for t in rts)
+        cap = (audio + 4.5 * one) / (1 - HEADROOM)  # two streams per receiver
+        sig.egress.set_capacity(cap)
+
+        def playing(t) -> list:
+            return [c.producer.participant_id for c in t.consumers["video"] if c.producer is not None and not c.paused]
+
+        await _until(lambda: all(playing(t) == [pid["floor"], pid["talker"]] for t in rts), 5, "floor + speaker kept")
+        await asyncio.sleep(0.5)
+        rate, slots = await _window(rts, 2.0)
+        assert rate < cap, (rate, cap)
+        assert all(per[0] > 0 and per[1] == 0 and per[2] == 0 and per[3] > 0 for per in slots), slots
+        assert all(order(t) == want for t in rts)  # the slots did not move: only the budget acted
+    finally:
+        await pacer.stop()
+        if ticker is not None:
+            await ticker.stop()
+        await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
+        await http.close()
