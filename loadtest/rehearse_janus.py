@@ -204,7 +204,8 @@ async def rehearse_janus(args: argparse.Namespace, specs: list[SiteSpec], hoingh
                     if "video" in m:
                         streams.append({"feed": o.pub.feed_id, "mid": m["video"]})
                         if simulcast:
-                            subs[(o.pub.feed_id, m["video"])] = (len(media.rids) - 1) if k == 0 else 0
+                            top = len(media.rids) - 1
+                            subs[(o.pub.feed_id, m["video"])] = janus_substream(top if k == 0 else 0, top)
                 for o in others[:na]:
                     m = o.mids()
                     if "audio" in m:
@@ -224,6 +225,12 @@ async def rehearse_janus(args: argparse.Namespace, specs: list[SiteSpec], hoingh
             out["join_s"] = round(time.monotonic() - t0, 2)
             await asyncio.sleep(1.0)
             await asyncio.gather(*(s.sub.configure() for s in live if s.sub is not None), return_exceptions=True)
+            # Janus switches a subscriber up at a keyframe of the target layer; make sure one
+            # comes on every layer now rather than at the next one of the encoded loop
+            for s in live:
+                src = getattr(s.pub, "simulcast_source", None)
+                for layer in getattr(src, "layers", []):
+                    src.request_keyframe(layer.ssrc)
             await asyncio.sleep(args.settle)
             # the window
             c0, ta = proc_cpu_s(pid), time.monotonic()
@@ -273,6 +280,16 @@ async def rehearse_janus(args: argparse.Namespace, specs: list[SiteSpec], hoingh
             await session.destroy()
             await loop.run_in_executor(None, stop_janus, pid)
     return out
+
+
+def janus_substream(layer: int, top: int) -> int:
+    """Janus's substream number for our layer (0 = lowest, q).
+
+    Measured here with Janus 1.1.2 and a browser-like offer (`a=simulcast:send q;h;f`, lowest
+    first): asking a subscriber for substream 2 delivered the q layer and substream 0 the f
+    layer, i.e. Janus numbers the rids from the other end.
+    """
+    return top - layer
 
 
 def _r(v: Optional[float], nd: int) -> Optional[float]:
