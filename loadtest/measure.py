@@ -7,7 +7,9 @@ With the sending site's `FrameClock` (media_source.CLOCKS, filled by the senders
 process, or clocks passed in) a stamp becomes a glass-to-glass latency: decode time minus the
 frame's scheduled capture time. Also counted: frames per second, which resolutions (layers)
 arrive, frozen intervals (no new picture for > 500 ms while the slot shows the same site),
-skipped frame numbers, frames that arrive out of order, unreadable stamps.
+skipped frame numbers, repeated ones (a layer switch can show the same moment twice: the
+old layer's frame, then the new layer's keyframe of the same capture time), frames that
+arrive out of order, unreadable stamps.
 
 Like a browser, a slot that lost part of a frame stops feeding its decoder until the next
 keyframe and asks for one (PLI, at most once a second).
@@ -122,6 +124,7 @@ class SlotMeter:
         self.frozen_s = 0.0
         self.longest_freeze_s = 0.0
         self.skipped = 0
+        self.repeated = 0  # the same frame again: the old layer's copy, then the new layer's keyframe
         self.out_of_order = 0
         self._last_site: Optional[str] = None
         self._last_n: Optional[int] = None
@@ -268,7 +271,9 @@ class SlotMeter:
         if last is not None:
             if n > last + 1:
                 self.skipped += n - last - 1
-            elif n <= last:
+            elif n == last:
+                self.repeated += 1
+            elif n < last:
                 self.out_of_order += 1
         if last is None or n > last:
             self._last_n = n
@@ -305,6 +310,7 @@ class SlotMeter:
             "frozen_s": round(self.frozen_s, 3),
             "longest_freeze_s": round(self.longest_freeze_s, 3),
             "skipped": self.skipped,
+            "repeated": self.repeated,
             "out_of_order": self.out_of_order,
             "stamp_errors": self.stamp_errors,
             "no_clock": self.no_clock,

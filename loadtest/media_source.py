@@ -67,7 +67,7 @@ In loadtest/measure.py
     loss as a browser does. ``meter.flush()`` waits for queued decodes; ``meter.report()``
     -> ``{"slots": [{index, mid, site_id, sites, packets, rtx_packets, kbps, jitter_ms,
     frames, fps, resolutions {"320x180": n, ...}, layer_changes, latency_ms {n, p50, p95,
-    max, min}, freezes, frozen_s, longest_freeze_s, skipped, out_of_order, stamp_errors,
+    max, min}, freezes, frozen_s, longest_freeze_s, skipped, repeated, out_of_order, stamp_errors,
     no_clock, gaps, frames_dropped, decode_errors, plis}, ...], "total": {frames,
     latency_ms, freezes, frozen_s, skipped, stamp_errors, decode_backlog_dropped}, "rtp":
     {packets, rtx_packets, bytes, expected, lost, bad_srtp}}``; ``meter.close()`` at the end.
