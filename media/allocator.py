@@ -2,10 +2,21 @@
 
 Given the downlink estimate of one site, the allocator walks that site's video slots in
 priority order (slot 0 holds the floor, or the hub, then the rest in the Router's order):
-audio is reserved first and never starved; every slot gets the lowest layer if it fits,
-else it is paused (its page says so); then the stage (slot 0) climbs to the top layer and
-thumbnails stay at the lowest. Downgrades apply at once; upgrades need the estimate to
-clear the next allocation by a margin for a hold time, so a steady link does not flap.
+audio is reserved first and never starved; every slot gets the lowest step if it fits,
+else it is paused (its page says so); then every slot climbs to its lowest spatial layer
+at full frame rate, then the stage (slot 0) climbs to the top; thumbnails stay at 180p.
+
+A step is (spatial layer, temporal id): Chrome sends every simulcast layer as VP8 L1T3, so
+each layer also comes at 1/4 and 1/2 of its frame rate for ~40 % and ~60 % of its bit
+rate (the shares are measured per stream). Dropping temporal layers needs no keyframe:
+a downgrade within a layer is immediate, and a spatial downgrade first thins the current
+layer to its base temporal layer while the lower layer's keyframe is on its way. Those
+steps are also what lets a cap between two spatial layers be filled (LiveKit and
+mediasoup allocate over the same spatial x temporal grid).
+
+Downgrades apply at once; upgrades need the estimate to clear the next allocation by a
+margin for a hold time, so a steady link does not flap; after an upgrade that had to be
+undone within seconds, the hold doubles (up to UPGRADE_BACKOFF_MAX_S).
 
 When what the site should get exceeds the estimate and the link is calm, the prober sends
 a short cluster of retransmitted (or padding) packets at a higher rate; if the transport-cc
@@ -19,7 +30,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Optional
 
-from .estimator import LOSS_HIGH, ProbeResult
+from .estimator import LOSS_HIGH, LOSS_LOW, ProbeResult
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -30,11 +41,17 @@ NOMINAL_BPS = (150_000, 500_000, 1_500_000)  # per layer, until measured
 AUDIO_MIN_BPS = 32_000  # per audio slot in use, until measured
 UPGRADE_MARGIN = 1.15
 UPGRADE_HOLD_S = 1.5
+UPGRADE_BACKOFF_MAX_S = 8.0  # the longest hold after failed upgrades (the climb-back target is 10 s)
+FAILED_UPGRADE_S = 6.0
+DOWNGRADE_GRACE_S = 1.0  # a delay-only dip below what is sent must last this long  # a congestion downgrade this soon after an upgrade means the upgrade failed
 PROBE_INTERVAL_S = 2.0
 PROBE_MAX_INTERVAL_S = 4.0  # a lifted cap is found within this (the 10 s climb-back target)
 PROBE_DURATION_S = 0.1  # short: on a link that cannot take the step, a probe costs loss
 PROBE_TICK_S = 0.01
 THUMBNAIL_MAX_LAYER = 0
+ALL_TIDS = 3  # "every temporal layer" (VP8 TIDs are 2 bits)
+Step = tuple[int, int]  # (spatial layer, highest temporal id); (-1, -1): paused
+PAUSED: Step = (-1, -1)
 
 
 def layer_rate(stream: "RecvStream", layer: int) -> float:
@@ -46,10 +63,41 @@ def layer_rate(stream: "RecvStream", layer: int) -> float:
     return nominal
 
 
+def step_rate(stream: "RecvStream", step: Step) -> float:
+    """What forwarding temporal ids 0..step[1] of this layer costs."""
+    rate = layer_rate(stream, step[0])
+    if step[1] < ALL_TIDS and stream.temporal_layers > 1:
+        rate *= stream.tl_share[step[1]]
+    return rate
+
+
+def ladder(streams: list["RecvStream"], top: int) -> list[tuple[Step, float]]:
+    """The steps of layers 0..top from the lowest, with their cost; a step that costs no
+    more than the one below it is left out (it would be an upgrade that buys nothing)."""
+    out: list[tuple[Step, float]] = []
+    for layer in range(min(top, len(streams) - 1) + 1):
+        s = streams[layer]
+        # above the lowest layer, never less than half the frame rate: a sharper picture
+        # at 5 fps is worse than a smaller one at 20 (Jitsi prunes on-stage layers by fps too)
+        low = 0 if layer == 0 else max(0, s.temporal_layers - 2)
+        tids = list(range(low, s.temporal_layers - 1)) + [ALL_TIDS]
+        for tid in tids:
+            step = (layer, tid)
+            rate = step_rate(s, step)
+            if not out or rate > out[-1][1]:
+                out.append((step, rate))
+    return out
+
+
 class StreamAllocator:
     def __init__(self, transport: "WebRtcTransport") -> None:
         self.transport = transport
         self.upgrade_since = 0.0
+        self.upgraded_at = 0.0  # when the last upgrade was applied
+        self.hold_s = UPGRADE_HOLD_S  # grows after failed upgrades
+        self.hold_until = 0.0
+        self.budget = 0.0
+        self.short_since = 0.0  # since when the estimate has been short of what is sent
         self.switches = 0
         self.last_run = 0.0
         self.desired_bps = 0.0
@@ -73,49 +121,58 @@ class StreamAllocator:
 
     def _plan(
         self, budget: float, consumers: list["Consumer"], keep: float = 1.0, limits: Optional[dict["Consumer", int]] = None
-    ) -> dict["Consumer", int]:
-        """`keep` < 1 lets a slot that is playing stay on its lowest layer with a slightly
+    ) -> dict["Consumer", Step]:
+        """`keep` < 1 lets a slot that is playing stay on its lowest step with a slightly
         short budget: pausing and resuming around one threshold would flap. `limits` (the
-        egress budget's caps) bound each slot's layer; a slot not in them is paused."""
-        plan: dict["Consumer", int] = {}
+        egress budget's caps) bound each slot's spatial layer; a slot not in them is paused."""
+        plan: dict["Consumer", Step] = {}
+        ladders: dict["Consumer", list[tuple[Step, float]]] = {}
+        at: dict["Consumer", int] = {}
         for c in consumers:
             p = c.producer
             if p is None:
                 continue
             if limits is not None and limits.get(c, -1) < 0:
-                plan[c] = -1
-                continue
-            r = layer_rate(p.streams[0], 0)
-            need = r * keep if not c.paused and not c.fresh else r
-            if budget >= need or keep == 0.0:
-                plan[c] = 0
-                budget -= r  # charged in full: a kept layer leaves nothing for upgrades
-            else:
-                plan[c] = -1
-        for c in consumers:  # slot order = priority: the stage climbs first
-            p = c.producer
-            if p is None or plan.get(c, -1) < 0:
+                plan[c] = PAUSED
                 continue
             top = len(p.streams) - 1 if c.index == 0 else min(THUMBNAIL_MAX_LAYER, len(p.streams) - 1)
             if limits is not None:
                 top = min(top, limits.get(c, -1))
-            layer = plan[c]
-            while layer < top:
-                extra = layer_rate(p.streams[layer + 1], layer + 1) - layer_rate(p.streams[layer], layer)
-                if extra > budget:
-                    break
-                budget -= extra
-                layer += 1
-            plan[c] = layer
+            steps = ladders[c] = ladder(p.streams, top)
+            r = steps[0][1]
+            need = r * keep if not c.paused and not c.fresh else r
+            if budget >= need or keep == 0.0:
+                at[c] = 0
+                budget -= r  # charged in full: a kept step leaves nothing for upgrades
+            else:
+                plan[c] = PAUSED
+        # every slot to its lowest layer at full frame rate, then the stage climbs first
+        # (slot order = priority)
+        for base_only in (True, False):
+            for c, i in at.items():
+                steps = ladders[c]
+                while i + 1 < len(steps) and not (base_only and steps[i + 1][0][0] > 0):
+                    extra = steps[i + 1][1] - steps[i][1]
+                    if extra > budget:
+                        break
+                    budget -= extra
+                    i += 1
+                at[c] = i
+        for c, i in at.items():
+            plan[c] = ladders[c][i][0]
         return plan
 
-    def _cost(self, plan: dict["Consumer", int]) -> float:
+    def _cost(self, plan: dict["Consumer", Step]) -> float:
         total = 0.0
-        for c, layer in plan.items():
+        for c, step in plan.items():
             p = c.producer
-            if p is not None and layer >= 0:
-                total += layer_rate(p.streams[layer], layer)
+            if p is not None and step[0] >= 0:
+                total += step_rate(p.streams[min(step[0], len(p.streams) - 1)], step)
         return total
+
+    @staticmethod
+    def current(c: "Consumer") -> Step:
+        return (c.layer, c.temporal) if not c.paused and c.layer >= 0 else PAUSED
 
     def run(self, now: Optional[float] = None) -> None:
         t = self.transport
@@ -144,36 +201,66 @@ class StreamAllocator:
         self.desired_bps = self._cost(wanted) + audio  # what the egress budget sees asked for
         # beyond this point "ideal" is what the budget allows: no probing for the rest
         ideal = self._plan(float("inf"), consumers, limits=limits) if limits is not None else wanted
-        self.deficient = any(down.get(c, -1) < ideal.get(c, -1) for c in consumers)
+        self.deficient = any(down.get(c, PAUSED) < ideal.get(c, PAUSED) for c in consumers)
+        self.budget = budget
         # what one more step costs for the first slot that wants more (the probe aims there)
         self.next_step_bps = 0.0
         for c in consumers:
-            have, want = down.get(c, -1), ideal.get(c, -1)
+            have, want = down.get(c, PAUSED), ideal.get(c, PAUSED)
             if have < want and c.producer is not None:
                 streams = c.producer.streams
-                nxt = have + 1
-                self.next_step_bps = layer_rate(streams[nxt], nxt) - (layer_rate(streams[have], have) if have >= 0 else 0.0)
+                steps = ladder(streams, want[0])
+                above = [r for st, r in steps if st > have]
+                if above:
+                    below = step_rate(streams[have[0]], have) if have[0] >= 0 else 0.0
+                    self.next_step_bps = max(0.0, above[0] - below)
                 break
         upgrade = False
+        downgraded = False
+        # a downgrade is at once when the link shows loss or the estimate fell far; a
+        # delay-based dip alone (a keyframe burst, a busy host) must last DOWNGRADE_GRACE_S:
+        # GCC's over-use signal flickers, and each flicker would be a visible switch
+        est = t.estimator
+        short = any(down[c] < self.current(c) for c in consumers if not c.fresh)
+        if not short:
+            self.short_since = 0.0
+        elif not self.short_since:
+            self.short_since = now
+        urgent = (
+            est.loss >= LOSS_LOW
+            or estimate < 0.75 * (self.allocated_bps + audio)
+            or now - self.short_since >= DOWNGRADE_GRACE_S
+        )
         for c in consumers:
-            current = c.layer if not c.paused else -1
-            if c.fresh or down[c] < current:
-                self._apply(c, down[c], "congestion" if down[c] < ideal[c] else "budget" if down[c] < wanted[c] else "ok")
+            current = self.current(c)
+            if c.fresh or (down[c] < current and urgent):
+                reason = "congestion" if down[c] < ideal[c] else "budget" if down[c] < wanted[c] else "ok"
+                if not c.fresh and reason == "congestion":
+                    downgraded = True
+                self._apply(c, down[c], reason)
                 c.fresh = False
             elif up[c] > current:
                 upgrade = True
+        if downgraded:
+            # an upgrade undone within seconds was a mistake: wait longer before the next
+            if self.upgraded_at and now - self.upgraded_at < FAILED_UPGRADE_S:
+                self.hold_s = min(UPGRADE_BACKOFF_MAX_S, self.hold_s * 2)
+            self.hold_until = now + self.hold_s
+            self.upgraded_at = 0.0
+        elif self.hold_s > UPGRADE_HOLD_S and now - self.hold_until > 30.0:
+            self.hold_s = UPGRADE_HOLD_S  # 30 s without trouble: forgive
         if upgrade:
             if not self.upgrade_since:
                 self.upgrade_since = now
-            elif now - self.upgrade_since >= UPGRADE_HOLD_S and t.estimator.stable(now, 0.5):
+            elif now - self.upgrade_since >= UPGRADE_HOLD_S and now >= self.hold_until and t.estimator.stable(now, 0.5):
                 for c in consumers:
-                    current = c.layer if not c.paused else -1
-                    if up[c] > current:
+                    if up[c] > self.current(c):
                         self._apply(c, up[c], "congestion" if up[c] < ideal[c] else "budget" if up[c] < wanted[c] else "ok")
                 self.upgrade_since = 0.0
+                self.upgraded_at = now
         else:
             self.upgrade_since = 0.0
-        self.allocated_bps = self._cost({c: (c.layer if not c.paused else -1) for c in consumers})
+        self.allocated_bps = self._cost({c: self.current(c) for c in consumers})
         # pace at the estimate, but never below what was just decided to be sent (a stream
         # kept on its only layer over an unproven estimate must not queue up in the pacer)
         t.set_pacing(max(estimate, self.allocated_bps + audio) if t.estimator.mode != "none" else 0.0)
@@ -181,20 +268,27 @@ class StreamAllocator:
             self.deficient = True  # kept over budget: probing is how the estimate catches up
         self._maybe_probe(now)
 
-    def _apply(self, c: "Consumer", layer: int, reason: str) -> None:
+    def _apply(self, c: "Consumer", step: Step, reason: str) -> None:
         p = c.producer
         if p is None:
             return
         c.reason = reason
+        layer, tid = step
         if layer < 0:
             if not c.paused:
                 c.pause()
                 self.switches += 1
             return
         stream = p.streams[min(layer, len(p.streams) - 1)]
-        if c.paused or c.layer != layer:
+        if c.paused or self.current(c) != step:
             self.switches += 1
-        c.select(stream, drop_current=reason == "congestion" and 0 <= layer < c.layer)
+        thin = drop = False
+        if reason == "congestion" and 0 <= layer < c.layer and c.source is not None:
+            # until the lower layer's keyframe: the current one at its base temporal layer
+            # if that fits next to it, else nothing (the link cannot carry it)
+            thin = step_rate(c.source, (c.source.layer, 0)) <= self.budget
+            drop = not thin
+        c.select(stream, drop_current=drop, tid=tid, thin_current=thin)
 
     # ---------------------------------------------------------------- probing
 

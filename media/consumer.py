@@ -106,6 +106,20 @@ class Consumer:
         self.last_tl0 = 0
         self.last_marker = 1
         self.last_send = 0.0
+        self.last_src = 0  # source seq of the newest packet seen (forwarded or dropped)
+        # VP8 temporal layers: forward temporal ids <= max_tid. A lower want_tid applies at the
+        # next frame start; a higher one at a layer-sync (Y) frame or a keyframe, where the
+        # frames that follow reference nothing that was dropped. Dropped packets shift later
+        # seqs (and dropped frames later PictureIDs) down, so the receiver sees no gap; the
+        # ranges let a late (recovered) packet find the offsets of its time.
+        self.max_tid = 3
+        self.want_tid = 3
+        self._target_tid = 3
+        self._tl_gate = 3  # max_tid while no change is pending, else -1 (one compare per packet)
+        self._tl_ranges: list[list[int]] = []  # [first src seq, last src seq, seq_off before, pid_off before]
+        self._tl_drop_marker = 0
+        self._tl_drop_pid = -1  # source PictureID of the last dropped frame
+        self.tl_dropped = 0
         self.sent_any = False
         self._switch_seq = 0
         self._guard = 0
@@ -134,6 +148,11 @@ class Consumer:
         stream = self.target or self.source
         return stream.layer if stream is not None else -1
 
+    @property
+    def temporal(self) -> int:
+        """The highest temporal id asked for (of the target layer while a switch is pending)."""
+        return self._target_tid if self.target is not None else self.want_tid
+
     def assign(self, producer: Optional["Producer"]) -> None:
         """The Router puts a publisher's track in this slot (None empties it). Start on the
         lowest layer; the allocator raises it as the link allows."""
@@ -147,18 +166,33 @@ class Consumer:
         self.fresh = True
         self.set_source(producer.streams[0])
 
-    def select(self, stream: "RecvStream", drop_current: bool = False) -> None:
-        """Forward `stream` (a layer of the assigned producer) from its next keyframe.
+    def select(self, stream: "RecvStream", drop_current: bool = False, tid: int = 3, thin_current: bool = False) -> None:
+        """Forward `stream` (a layer of the assigned producer) from its next keyframe, with
+        temporal ids up to `tid`.
 
         Normally the current layer keeps flowing until then (no freeze). On a congestion
-        downgrade the caller drops it at once: the link cannot carry it, and pushing it
-        on would also drown the keyframe of the layer that fits."""
+        downgrade the caller either thins it to its base temporal layer at once
+        (`thin_current`: a fraction of the rate, still moving) or drops it at once
+        (`drop_current`: the link cannot carry even that, and pushing it on would also
+        drown the keyframe of the layer that fits)."""
         if self.paused:
             self.paused = False
-        if drop_current and self.source is not None and self.source is not stream:
+        switching = self.source is not stream
+        if drop_current and self.source is not None and switching:
             self._detach(self.source)
             self.source = None
+        self._target_tid = tid
+        if not switching or self.source is None:
+            self.set_temporal(tid)
+        elif thin_current:
+            self.set_temporal(0)
         self.set_source(stream)
+
+    def set_temporal(self, tid: int) -> None:
+        """Forward temporal ids up to `tid` of the current source (3: all); takes effect at
+        the next frame where that is safe, with no keyframe needed."""
+        self.want_tid = tid
+        self._tl_gate = self.max_tid if tid == self.max_tid else -1
 
     def pause(self) -> None:
         """Stop forwarding video to this slot (the link cannot carry even the lowest layer).
@@ -210,6 +244,10 @@ class Consumer:
             self._detach(self.source)
         self.source = stream
         self.target = None
+        # a keyframe references nothing: any temporal layer may start here
+        self.want_tid = self.max_tid = self._target_tid
+        self._tl_gate = self.max_tid
+        self._tl_ranges.clear()
         if self.sent_any:
             # continue right after what the subscriber has seen; skip one seq if the last
             # frame was cut short, so its decoder treats that frame as incomplete
@@ -226,6 +264,7 @@ class Consumer:
             self.switches += 1
         self._switch_seq = (info.seq + self.seq_off) & 0xFFFF
         self._guard = SWITCH_GUARD
+        self.last_src = (info.seq - 1) & 0xFFFF
 
     # ---------------------------------------------------------------- packet path
 
@@ -236,14 +275,23 @@ class Consumer:
             self._switch(info, stream, now)
         if self.paused:
             return
+        if info.vp8_tid > self._tl_gate and not self._temporal(info):
+            return
         seq = (info.seq + self.seq_off) & 0xFFFF
+        pid_off = self.pid_off
         newest = True
         if self._guard:
             self._guard -= 1
             if ((seq - self._switch_seq) & 0xFFFF) >= 0x8000:
                 return  # straggler from before the switch point
-        if self.sent_any and ((seq - self.last_seq) & 0xFFFF) >= 0x8000:
+        if self.sent_any and ((info.seq - self.last_src) & 0xFFFF) >= 0x8000:
             newest = False  # reordered or recovered packet: forward, keep "last" as is
+            if self._tl_ranges:
+                offsets = self._late_offsets(info.seq)
+                if offsets is None:
+                    return  # it belongs to a dropped temporal-layer frame
+                seq = (info.seq + offsets[0]) & 0xFFFF
+                pid_off = offsets[1]
         ts = (info.ts + self.ts_off) & 0xFFFFFFFF
         out = bytearray(self._template)
         out += info.payload
@@ -264,11 +312,11 @@ class Consumer:
             data = info.data
             src = info.vp8_pid_off
             if info.vp8_pid_wide:
-                pid = ((((data[src] & 0x7F) << 8) | data[src + 1]) + self.pid_off) & 0x7FFF
+                pid = ((((data[src] & 0x7F) << 8) | data[src + 1]) + pid_off) & 0x7FFF
                 out[o] = 0x80 | (pid >> 8)
                 out[o + 1] = pid & 0xFF
             else:
-                pid = ((data[src] & 0x7F) + self.pid_off) & 0x7F
+                pid = ((data[src] & 0x7F) + pid_off) & 0x7F
                 out[o] = pid
             if newest:
                 self.last_pid = pid
@@ -279,6 +327,7 @@ class Consumer:
                     self.last_tl0 = tl0
         if newest:
             self.last_seq = seq
+            self.last_src = info.seq
             self.last_ts = ts
             self.last_marker = info.marker
             self.last_send = now
@@ -290,6 +339,95 @@ class Consumer:
         self.packets += 1
         self.octets += len(out) - self.header_len
         self.transport.send_rtp(out, self.tcc_off)
+
+    def _temporal(self, info: RtpInfo) -> bool:
+        """Slow path of the temporal filter (a packet above the gate, or a change pending):
+        True to forward. A dropped packet shifts the offsets of everything after it."""
+        tid = info.vp8_tid
+        src = info.seq
+        if self.sent_any and ((src - self.last_src) & 0xFFFF) >= 0x8000:
+            # late (recovered upstream): write() drops it if it fell in a dropped range and
+            # otherwise puts it in the hole its loss left, whatever the layer now: a whole
+            # frame lost upstream must fill its PictureID, or libwebrtc waits for it until
+            # the next keyframe; a fragment of a dropped frame never completes a frame there
+            return True
+        want = self.want_tid
+        if want != self.max_tid and info.vp8_start:
+            if want < self.max_tid:
+                self.max_tid = want
+            elif info.keyframe:
+                self.max_tid = want
+            elif self.max_tid < tid <= want and self._layer_sync(info):
+                self.max_tid = tid  # this frame depends only on the base layer
+        ranges = self._tl_ranges
+        if tid <= self.max_tid:
+            if self._tl_gate < 0 and ranges and ranges[-1][1] == self.last_src:
+                # the first packet after a dropped one: when one packet is missing in between
+                # and the dropped frame had not ended, it was its tail and goes with it
+                gap = (src - self.last_src - 1) & 0xFFFF
+                if gap == 1 and info.vp8_start and not self._tl_drop_marker:
+                    ranges[-1][1] = (src - 1) & 0xFFFF
+                    self.seq_off = (self.seq_off - gap) & 0xFFFF
+            self._tl_gate = self.max_tid if self.want_tid == self.max_tid else -1
+            return True
+        # drop. One packet missing just before it (upstream loss) goes with it when it
+        # can only be of a dropped frame: this frame's start (the packet before ended a
+        # frame, or was dropped too), or the tail of the dropped frame before it. Otherwise
+        # (or for a longer gap, which may hide a whole frame) the hole is kept: late, they
+        # are forwarded into it.
+        gap = (src - self.last_src - 1) & 0xFFFF if self.sent_any else 0
+        if gap:
+            prev_dropped = bool(ranges) and ranges[-1][1] == self.last_src
+            if info.vp8_start:
+                absorb = prev_dropped and not self._tl_drop_marker
+            else:
+                absorb = prev_dropped or bool(self.last_marker)
+            if gap != 1 or not absorb:
+                gap = 0
+        first = (src - gap) & 0xFFFF
+        if ranges and ranges[-1][1] == ((first - 1) & 0xFFFF):
+            ranges[-1][1] = src
+        else:
+            ranges.append([first, src, self.seq_off, self.pid_off])
+            if len(ranges) > 64:
+                del ranges[0]
+        self.seq_off = (self.seq_off - 1 - gap) & 0xFFFF
+        if info.vp8_pid_off >= 0:  # one PictureID less per dropped frame (even if its start was lost)
+            data, o = info.data, info.vp8_pid_off
+            pid = ((data[o] & 0x7F) << 8 | data[o + 1]) if info.vp8_pid_wide else data[o] & 0x7F
+            if pid != self._tl_drop_pid:
+                self._tl_drop_pid = pid
+                self.pid_off = (self.pid_off - 1) & 0x7FFF
+        self.last_src = src
+        self._tl_drop_marker = info.marker
+        self._tl_gate = -1  # the next packet comes here too (see above)
+        self.tl_dropped += 1
+        return False
+
+    @staticmethod
+    def _layer_sync(info: RtpInfo) -> bool:
+        """The Y bit of the VP8 descriptor's T/K byte (RFC 7741 4.2)."""
+        data = info.data
+        if info.vp8_tl0_off >= 0:
+            off = info.vp8_tl0_off + 1
+        elif info.vp8_pid_off >= 0:
+            off = info.vp8_pid_off + (2 if info.vp8_pid_wide else 1)
+        else:
+            off = info.payload_offset + 2
+        return off < len(data) and bool(data[off] & 0x20)
+
+    def _late_offsets(self, src: int) -> Optional[tuple[int, int]]:
+        """(seq offset, PictureID offset) in force when `src` was new; None if it lies in a
+        dropped range (or before everything remembered)."""
+        seq_off, pid_off = self.seq_off, self.pid_off
+        ranges = self._tl_ranges
+        for first, last, seq_before, pid_before in reversed(ranges):
+            if 0 < ((src - last) & 0xFFFF) < 0x8000:
+                return seq_off, pid_off  # after this range
+            if ((src - first) & 0xFFFF) < 0x8000:
+                return None  # inside it
+            seq_off, pid_off = seq_before, pid_before
+        return (seq_off, pid_off) if len(ranges) < 64 else None
 
     # ---------------------------------------------------------------- feedback from the subscriber
 

@@ -1,10 +1,14 @@
 """Bandwidth estimation toward one subscriber (the SFU -> site downlink).
 
 Two signals, the better one when the site offers it:
-- transport-cc (browsers): per-packet send and arrival times. The delay-based part is GCC:
-  aiortc's RemoteBitrateEstimator (inter-arrival grouping, Kalman filter on the delay
-  gradient, adaptive over-use threshold, AIMD rate control) fed with our send times and
-  the receiver's arrival times, i.e. run send-side. Loss comes from the same feedback, so
+- transport-cc (browsers): per-packet send and arrival times. The delay-based part is
+  send-side GCC as libwebrtc runs it today: packets sent within 5 ms form a group; each
+  group's delay variation (arrival delta - send delta) is accumulated, smoothed, and a
+  least-squares slope over the last 20 groups is compared with an adaptive threshold
+  (`Trendline`, in the manner of libwebrtc's TrendlineEstimator); the over-use signal
+  drives AIMD rate control (aiortc's AimdRateControl, once per feedback packet). This
+  replaced aiortc's per-group Kalman estimator: one pass over each feedback, a few float
+  operations per group and no per-group allocation. Loss comes from the same feedback, so
   it counts only packets the SFU sent (a publisher's own uplink loss does not lower every
   subscriber's estimate).
 - REMB + receiver reports (clients without transport-cc): the receiver's own estimate,
@@ -22,13 +26,135 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Optional
 
-from aiortc.rate import BandwidthUsage, RemoteBitrateEstimator
+from aiortc.rate import AimdRateControl, BandwidthUsage
 
 START_BPS = 300_000  # unverified until probed: start low, probe at once
 MIN_BPS = 60_000
 MAX_BPS = 30_000_000
 LOSS_LOW = 0.02
 LOSS_HIGH = 0.10
+GROUP_S = 0.005  # send-time burst that forms one packet group (libwebrtc's kBurstDeltaThresholdMs)
+APP_LIMITED = 0.7  # sending below this share of the estimate: the link's limit was not reached
+DECREASE_MIN_S = 0.2  # over-use cuts at most this often (libwebrtc: one RTT, at most 200 ms)
+
+NORMAL, OVERUSING, UNDERUSING = 0, 1, -1
+
+
+class Trendline:
+    """Delay-gradient over-use detector over packet groups (send-side GCC's trendline).
+
+    `update` takes one group delta: how much longer (ms) the receiver took between two
+    groups than the SFU took to send them. Accumulated and smoothed, the delay's slope over
+    the last WINDOW groups (least squares, kept as running sums) times min(groups, 60) x
+    GAIN is the "modified trend"; over-use is a trend above the adaptive threshold for more
+    than 10 ms of send time on at least two groups, with the slope not falling.
+    """
+
+    WINDOW = 20
+    SMOOTHING = 0.9
+    GAIN = 4.0
+    K_UP = 0.0087
+    K_DOWN = 0.039
+    OVERUSE_MS = 10.0
+
+    __slots__ = (
+        "acc", "smoothed", "n", "origin", "points", "sx", "sy", "sxx", "sxy", "trend", "threshold",
+        "last_threshold_ms", "time_over", "over_count", "state",
+    )
+
+    def __init__(self) -> None:
+        self.acc = 0.0
+        self.smoothed = 0.0
+        self.n = 0  # group deltas seen (capped)
+        self.origin = -1.0  # arrival (ms) that x is measured from; rebased now and then
+        self.points: deque = deque()
+        self.sx = self.sy = self.sxx = self.sxy = 0.0
+        self.trend = 0.0
+        self.threshold = 12.5
+        self.last_threshold_ms = -1.0
+        self.time_over = -1.0
+        self.over_count = 0
+        self.state = NORMAL
+
+    def update(self, recv_delta_ms: float, send_delta_ms: float, arrival_ms: float) -> int:
+        if self.n < 1000:
+            self.n += 1
+        self.acc += recv_delta_ms - send_delta_ms
+        y = self.smoothed = self.SMOOTHING * self.smoothed + (1 - self.SMOOTHING) * self.acc
+        if self.origin < 0 or arrival_ms - self.origin > 60_000.0:
+            self._rebase(arrival_ms)
+        x = arrival_ms - self.origin
+        points = self.points
+        points.append((x, y))
+        self.sx += x
+        self.sy += y
+        self.sxx += x * x
+        self.sxy += x * y
+        if len(points) > self.WINDOW:
+            ox, oy = points.popleft()
+            self.sx -= ox
+            self.sy -= oy
+            self.sxx -= ox * ox
+            self.sxy -= ox * oy
+        trend = self.trend
+        k = len(points)
+        if k == self.WINDOW:
+            den = k * self.sxx - self.sx * self.sx
+            if den > 1e-9:
+                trend = (k * self.sxy - self.sx * self.sy) / den
+        return self._detect(trend, send_delta_ms, arrival_ms)
+
+    def _rebase(self, arrival_ms: float) -> None:
+        """Measure x from a recent arrival again: running sums of squares of ever-growing
+        times would lose precision over a long meeting."""
+        shift = arrival_ms - self.origin if self.origin >= 0 else 0.0
+        self.origin = arrival_ms
+        pts = deque((x - shift, y) for x, y in self.points)
+        self.points = pts
+        self.sx = sum(x for x, _ in pts)
+        self.sy = sum(y for _, y in pts)
+        self.sxx = sum(x * x for x, _ in pts)
+        self.sxy = sum(x * y for x, y in pts)
+
+    def _detect(self, trend: float, send_delta_ms: float, now_ms: float) -> int:
+        if self.n < 2:
+            self.trend = trend
+            return self.state
+        modified = min(self.n, 60) * trend * self.GAIN
+        th = self.threshold
+        if modified > th:
+            if self.time_over < 0:
+                self.time_over = send_delta_ms / 2  # assume half of this delta was over-use
+            else:
+                self.time_over += send_delta_ms
+            self.over_count += 1
+            if self.time_over > self.OVERUSE_MS and self.over_count > 1 and trend >= self.trend:
+                self.time_over = 0.0
+                self.over_count = 0
+                self.state = OVERUSING
+        elif modified < -th:
+            self.time_over = -1.0
+            self.over_count = 0
+            self.state = UNDERUSING
+        else:
+            self.time_over = -1.0
+            self.over_count = 0
+            self.state = NORMAL
+        self.trend = trend
+        # adaptive threshold: follows |trend| slowly up and faster down, ignores outliers
+        m = abs(modified)
+        if self.last_threshold_ms < 0:
+            self.last_threshold_ms = now_ms
+        if m <= th + 15.0:
+            k = self.K_DOWN if m < th else self.K_UP
+            dt = min(now_ms - self.last_threshold_ms, 100.0)
+            th += k * (m - th) * dt
+            self.threshold = 6.0 if th < 6.0 else 600.0 if th > 600.0 else th
+        self.last_threshold_ms = now_ms
+        return self.state
+
+
+_USAGE = {NORMAL: BandwidthUsage.NORMAL, OVERUSING: BandwidthUsage.OVERUSING, UNDERUSING: BandwidthUsage.UNDERUSING}
 
 
 @dataclass
@@ -40,8 +166,17 @@ class ProbeResult:
 
 class BandwidthEstimator:
     def __init__(self, now: float, start_bps: int = START_BPS) -> None:
-        self._gcc = RemoteBitrateEstimator()
-        self._gcc.rate_control.set_estimate(start_bps, int(now * 1000))
+        self._trend = Trendline()
+        self._rate = AimdRateControl()
+        self._rate.set_estimate(start_bps, int(now * 1000))
+        # the packet group being filled: first/last send time, last arrival; and the last
+        # complete group's last send/arrival (deltas are between groups' last packets)
+        self._g_first = -1.0
+        self._g_send = 0.0
+        self._g_arrival = 0.0
+        self._prev_send = -1.0
+        self._prev_arrival = 0.0
+        self._last_cut = 0.0
         self.delay_bps = float(start_bps)
         self.loss_bps = float(start_bps)
         self.remb_bps: Optional[float] = None
@@ -62,58 +197,90 @@ class BandwidthEstimator:
 
     def on_twcc(self, packets: list[tuple[float, int, Optional[float]]], now: float) -> None:
         """packets: (send time s, size bytes, arrival time s on receiver clock or None)."""
+        self.on_feedback(packets, now)
+
+    def on_feedback(self, packets, now: float) -> None:
+        """One transport-cc feedback: (send time s, size bytes, arrival s or None) in
+        transport seq order. One pass: loss, acked bytes, and packet groups for the trendline."""
         self.mode = "twcc"
         lost = 0
         got = 0
-        before = self.delay_bps
         p0, p1 = self.probe_window
         acked = self._acked
-        g_send = None
-        g_size = 0
-        g_last_send = g_last_arrival = 0.0
+        acked_bytes = 0
+        trend = self._trend
+        g_first, g_send, g_arrival = self._g_first, self._g_send, self._g_arrival
+        state = trend.state
         for send, size, arrival in packets:
-            probing = p0 <= send <= p1
-            if arrival is None:
-                if not probing:  # a probe is meant to find the queue's edge: its loss is expected
-                    lost += 1
+            if p0 <= send <= p1:
+                # a probe fills the bottleneck queue on purpose: neither loss nor delay, and
+                # no delay delta across it either (the groups on both sides start afresh)
+                g_first = -1.0
+                self._prev_send = -1.0
                 continue
-            if probing:
-                continue  # a probe fills the bottleneck queue on purpose: not congestion
+            if arrival is None:
+                lost += 1
+                continue
             got += 1
-            acked.append((arrival, size))
-            self._acked_sum += size
-            # GCC compares packet *groups* sent within 5 ms (a frame's burst); feeding it one
-            # entry per group instead of per packet gives it the same deltas at a fraction
-            # of the Python cost
-            if g_send is not None and send - g_send > 0.005:
-                self._feed_gcc(g_last_arrival, g_last_send, g_size, now)
-                g_send = None
-            if g_send is None:
-                g_send, g_size = send, 0
-            g_size += size
-            g_last_send, g_last_arrival = send, arrival
-        if g_send is not None:
-            self._feed_gcc(g_last_arrival, g_last_send, g_size, now)
-        self.overusing = self._gcc.detector.state() == BandwidthUsage.OVERUSING
-        if self.delay_bps < before * 0.97:
-            self.last_decrease = now
-        if acked:
-            newest = acked[-1][0]
-            while newest - acked[0][0] > 1.0:
+            acked_bytes += size
+            if send - g_first > GROUP_S:
+                # a new group: the one just completed gives a delta against the one before
+                if g_first >= 0:
+                    ps = self._prev_send
+                    if ps >= 0 and g_arrival >= self._prev_arrival:
+                        state = trend.update(
+                            (g_arrival - self._prev_arrival) * 1000.0, (g_send - ps) * 1000.0, g_arrival * 1000.0
+                        )
+                    self._prev_send, self._prev_arrival = g_send, g_arrival
+                g_first = g_send = send
+                g_arrival = arrival
+            else:
+                g_send = send  # transport seq order is send order
+                if arrival > g_arrival:
+                    g_arrival = arrival
+        self._g_first, self._g_send, self._g_arrival = g_first, g_send, g_arrival
+        if got:
+            acked.append((g_arrival if g_arrival > self._prev_arrival else self._prev_arrival, acked_bytes))
+            self._acked_sum += acked_bytes
+            while g_arrival - acked[0][0] > 1.0:
                 self._acked_sum -= acked.popleft()[1]
-            span = newest - acked[0][0]
+            span = g_arrival - acked[0][0]
             if span > 0.2:
-                self.acked_bps = self._acked_sum * 8 / span
+                self.acked_bps = (self._acked_sum - acked[0][1]) * 8 / span
+        self.overusing = state == OVERUSING
+        self._update_rate(state, now)
         if got + lost:
             self._update_loss(lost / (got + lost), got + lost, now)
 
-    def _feed_gcc(self, arrival: float, send: float, size: int, now: float) -> None:
-        result = self._gcc.add(int(arrival * 1000), int(send * 262144) & 0xFFFFFF, size, 0)
-        if result is not None:
-            if result[0] > 0:
-                self.delay_bps = float(result[0])
-            else:  # aiortc's rate control can run off after a jump; restart it from the acked rate
-                self._reset_gcc(max(MIN_BPS, self.acked_bps or self.loss_bps), now)
+    def _update_rate(self, state: int, now: float) -> None:
+        """AIMD once per feedback: cut to 0.85 x the acked rate on over-use (at most every
+        DECREASE_MIN_S, never upward), hold on under-use, else grow (x1.08/s, or additively
+        near the link's last known capacity), never past 1.5 x the acked rate."""
+        acked = int(self.acked_bps) if self.acked_bps > 0 else None
+        before = self.delay_bps
+        if state == OVERUSING:
+            if acked is None:
+                return  # nothing measured yet to cut relative to
+            if now - self._last_cut < DECREASE_MIN_S and (acked is None or acked > 0.5 * before):
+                return
+            self._last_cut = now
+        if state == OVERUSING and acked < APP_LIMITED * before:
+            # over-use while sending well below the estimate comes from a burst (a keyframe, a
+            # probe's tail), not from the rate: one step down, not a collapse to the acked rate
+            # (libwebrtc would cut to it and count on ALR probes to recover)
+            acked = int(before)
+        result = self._rate.update(_USAGE[state], acked, int(now * 1000))
+        if result is None:
+            return
+        if result <= 0:  # aiortc's rate control can run off after a jump: restart from the acked rate
+            self._reset_rate(max(MIN_BPS, self.acked_bps or self.loss_bps), now)
+            return
+        if state == OVERUSING and result > before:
+            result = int(before)
+            self._rate.current_bitrate = result
+        self.delay_bps = float(result)
+        if self.delay_bps < before * 0.97:
+            self.last_decrease = now
 
     def on_remb(self, bitrate: float, now: float, congested: bool) -> None:
         """A receive-side estimate follows what it receives (x1.08/s, at most 1.5x the
@@ -132,9 +299,9 @@ class BandwidthEstimator:
         if self.mode != "twcc":
             self._update_loss(fraction, 50, now)
 
-    def _reset_gcc(self, bps: float, now: float) -> None:
-        self._gcc = RemoteBitrateEstimator()
-        self._gcc.rate_control.set_estimate(int(bps), int(now * 1000))
+    def _reset_rate(self, bps: float, now: float) -> None:
+        self._rate = AimdRateControl()
+        self._rate.set_estimate(int(bps), int(now * 1000))
         self.delay_bps = float(bps)
 
     def on_probe(self, result: ProbeResult, now: float, reached: bool = True) -> None:
@@ -143,7 +310,7 @@ class BandwidthEstimator:
         token bucket even overstates it (the bucket's burst), so it never raises the estimate."""
         self.probed = True
         if reached and result.bitrate > self.estimate:
-            self._gcc.rate_control.set_estimate(int(result.bitrate), int(now * 1000))
+            self._rate.set_estimate(int(result.bitrate), int(now * 1000))
             self.delay_bps = result.bitrate
             self.loss_bps = max(self.loss_bps, result.bitrate)
             if self.remb_bps is not None:

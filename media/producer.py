@@ -30,6 +30,7 @@ MAX_GAP = 400  # a larger forward jump is a publisher restart, not loss
 PROBATION = 3  # consecutive packets that confirm a far sequence jump (a restart)
 KEYFRAME_MIN_INTERVAL = 0.5  # at most two keyframe requests a second per layer
 KEYFRAME_RETRY = 1.0  # ask again if the keyframe has not come after this
+TL_DEFAULT_SHARE = {2: (0.6, 1.0), 3: (0.4, 0.6, 1.0)}  # libwebrtc's temporal rate split
 
 
 class RecvStream:
@@ -75,6 +76,12 @@ class RecvStream:
         self.bitrate = 0.0
         self.bitrate_peak = 0.0
         self.last_packet = 0.0
+        # VP8 temporal layers (Chrome sends L1T3 per simulcast layer): octets per temporal id
+        # since the last rate update, and each id's share of the stream (cumulative: share[t]
+        # is what forwarding temporal ids 0..t costs, as a fraction of the whole layer)
+        self.temporal_layers = 1
+        self._tl_octets = [0, 0, 0, 0]
+        self.tl_share = [1.0, 1.0, 1.0, 1.0]
         # keyframes
         self.last_keyframe = 0.0
         self.keyframe_requested = 0.0
@@ -142,6 +149,10 @@ class RecvStream:
         self.last_packet = now
         if self.is_vp8:
             vp8.parse_descriptor(info)
+            tid = info.vp8_tid
+            self._tl_octets[tid] += n
+            if tid >= self.temporal_layers:
+                self._new_temporal_layer(tid)
             if info.keyframe:
                 self.last_keyframe = now
                 self.keyframes += 1
@@ -252,6 +263,11 @@ class RecvStream:
             dlsr = int((now - self.sr_arrival) * 65536) & 0xFFFFFFFF
         return rtcp.ReportBlock(self.ssrc, fraction, lost, extended_max, int(self.jitter), lsr, dlsr)
 
+    def _new_temporal_layer(self, tid: int) -> None:
+        # until measured, libwebrtc's split of a layer's rate over 2 or 3 temporal layers
+        self.temporal_layers = tid + 1
+        self.tl_share = list(TL_DEFAULT_SHARE.get(tid + 1, (1.0,))) + [1.0] * (3 - tid)
+
     def update_rate(self, now: float) -> None:
         span = now - self._rate_time
         if span >= 0.5:
@@ -259,6 +275,15 @@ class RecvStream:
             self.bitrate_peak = max(self.bitrate, self.bitrate_peak * 0.85)
             self._rate_octets = 0
             self._rate_time = now
+            octets = self._tl_octets
+            total = sum(octets)
+            if self.temporal_layers > 1 and total > 2000:
+                acc = 0
+                share = self.tl_share
+                for t in range(self.temporal_layers):
+                    acc += octets[t]
+                    share[t] += 0.3 * (acc / total - share[t])  # smoothed: keyframes land in TL0
+            self._tl_octets = [0, 0, 0, 0]
 
     # ---------------------------------------------------------------- keyframes
 

@@ -44,7 +44,7 @@ from .sdp import (
     inspect_offer,
 )
 from .srtp import SrtpContext, SrtpError
-from .twcc import SendHistory, parse_feedback
+from .twcc import SendHistory, parse_arrivals
 
 if TYPE_CHECKING:
     from .router import Router
@@ -497,7 +497,7 @@ class WebRtcTransport:
 
     def _on_twcc(self, payload: bytes, now: float) -> None:
         try:
-            reports = parse_feedback(payload)
+            base, arrivals = parse_arrivals(payload)
         except ValueError:
             self.dropped_in += 1
             return
@@ -505,16 +505,19 @@ class WebRtcTransport:
         history = self.twcc_history
         times, sizes, seqs = history.times, history.sizes, history.seqs
         mask = len(seqs) - 1
-        packets = []
-        for seq, arrival in reports:
-            i = seq & mask
-            if seqs[i] == seq:
-                packets.append((times[i], sizes[i], arrival))
+        # (send time, size, arrival) of what we still remember sending, in seq order
+        packets = [
+            (times[i], sizes[i], arrival)
+            for seq, arrival in enumerate(arrivals, base)
+            if seqs[i := seq & mask] == (seq & 0xFFFF)
+        ]
         if packets:
-            self.estimator.on_twcc(packets, now)
+            self.estimator.on_feedback(packets, now)
             if self.allocator.probe is not None:
-                scored = [(seq, *sent, arrival) for seq, arrival in reports if (sent := history.get(seq)) is not None]
-                self.allocator.on_feedback([(q, t, z, a) for q, t, z, _p, a in scored], now)
+                scored = [((base + k) & 0xFFFF, a) for k, a in enumerate(arrivals)]
+                self.allocator.on_feedback(
+                    [(q, sent[0], sent[1], a) for q, a in scored if (sent := history.get(q)) is not None], now
+                )
             self._allocate_soon(now)
 
     def _allocate_soon(self, now: float) -> None:
@@ -656,7 +659,7 @@ class WebRtcTransport:
                         "downlink %s: est %.0f (delay %.0f loss-based %.0f) loss %.3f overuse %s send %.0f "
                         "layers %s probes %d/%d last %s pace-q %d dropped %d",
                         self.participant_id, e.estimate, e.delay_bps, e.loss_bps, e.loss, e.overusing,
-                        self._send_bps, [c.layer if not c.paused else -1 for c in self.consumers["video"] if c.producer],
+                        self._send_bps, [(c.layer, c.temporal) if not c.paused else -1 for c in self.consumers["video"] if c.producer],
                         a.probe_successes, a.probes, a.last_probe_result, len(self._pace_queue), self.pace_dropped,
                     )
         except asyncio.CancelledError:

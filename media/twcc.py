@@ -11,6 +11,7 @@ triples that a delay-based estimator needs, and the loss of exactly what the SFU
 from __future__ import annotations
 
 import struct
+from itertools import accumulate
 from typing import Optional
 
 _SIZE = 1 << 14  # remembered packets per transport (~2 s at 8k packets/s)
@@ -46,11 +47,24 @@ class SendHistory:
         return self.times[i], self.sizes[i], self.probe[i]
 
 
-def parse_feedback(payload: bytes) -> list[tuple[int, Optional[float]]]:
-    """Decode an FCI (everything after the 12-byte RTPFB header).
+_ONE_BIT: dict[int, tuple[int, ...]] = {}  # status-vector chunk -> its symbols, built on first sight
+_TWO_BIT: dict[int, tuple[int, ...]] = {}
 
-    Returns (transport seq, arrival time in seconds on the receiver's clock or None when
-    reported lost), in sequence order. Raises ValueError on a malformed packet.
+
+def _vector(chunk: int) -> tuple[int, ...]:
+    if chunk & 0x4000 == 0:  # 14 one-bit symbols
+        return tuple((chunk >> bit) & 0x1 for bit in range(13, -1, -1))
+    return tuple((chunk >> shift) & 0x3 for shift in range(12, -1, -2))  # 7 two-bit symbols
+
+
+def parse_arrivals(payload: bytes) -> tuple[int, list[Optional[float]]]:
+    """Decode an FCI (everything after the 12-byte RTPFB header) into (base seq, arrivals):
+    arrivals[k] is the arrival time in seconds, on the receiver's clock, of transport seq
+    base+k, or None when reported lost. Raises ValueError on a malformed packet.
+
+    Per-packet Python work is kept to the deltas: chunks expand through cached tables, and
+    a feedback where every packet arrived with a small delta (the usual case) is one
+    accumulate over the delta bytes.
     """
     if len(payload) < 8:
         raise ValueError("transport-cc feedback too short")
@@ -60,6 +74,7 @@ def parse_feedback(payload: bytes) -> list[tuple[int, Optional[float]]]:
         reference -= 1 << 24
     pos = 8
     symbols: list[int] = []
+    extend = symbols.extend
     n = len(payload)
     while len(symbols) < count:
         if pos + 2 > n:
@@ -67,39 +82,45 @@ def parse_feedback(payload: bytes) -> list[tuple[int, Optional[float]]]:
         chunk = (payload[pos] << 8) | payload[pos + 1]
         pos += 2
         if chunk & 0x8000 == 0:  # run length chunk
-            symbol = (chunk >> 13) & 0x3
-            run = chunk & 0x1FFF
-            symbols.extend([symbol] * min(run, count - len(symbols)))
-        elif chunk & 0x4000 == 0:  # status vector, 14 one-bit symbols
-            for bit in range(13, -1, -1):
-                if len(symbols) >= count:
-                    break
-                symbols.append((chunk >> bit) & 0x1)
-        else:  # status vector, 7 two-bit symbols
-            for shift in range(12, -1, -2):
-                if len(symbols) >= count:
-                    break
-                symbols.append((chunk >> shift) & 0x3)
-    t = reference * 0.064
-    out: list[tuple[int, Optional[float]]] = []
-    for k, symbol in enumerate(symbols):
-        seq = (base + k) & 0xFFFF
+            extend([(chunk >> 13) & 0x3] * min(chunk & 0x1FFF, count - len(symbols)))
+        else:
+            table = _ONE_BIT if chunk & 0x4000 == 0 else _TWO_BIT
+            vec = table.get(chunk)
+            if vec is None:
+                vec = table[chunk] = _vector(chunk)
+            extend(vec)
+    del symbols[count:]
+    t0 = reference * 256  # in 250 us units (64 ms = 256 x 250 us)
+    if 0 not in symbols and 2 not in symbols and 3 not in symbols:
+        if pos + count > n:
+            raise ValueError("transport-cc deltas truncated")
+        return base, [(t0 + c) * 0.00025 for c in accumulate(payload[pos : pos + count])]
+    out: list[Optional[float]] = []
+    append = out.append
+    t = t0
+    for symbol in symbols:
         if symbol == 1:
-            if pos + 1 > n:
+            if pos >= n:
                 raise ValueError("transport-cc deltas truncated")
-            t += payload[pos] * 0.00025
+            t += payload[pos]
             pos += 1
-            out.append((seq, t))
+            append(t * 0.00025)
         elif symbol == 2:
             if pos + 2 > n:
                 raise ValueError("transport-cc deltas truncated")
-            (delta,) = struct.unpack_from("!h", payload, pos)
-            t += delta * 0.00025
+            delta = (payload[pos] << 8) | payload[pos + 1]
+            t += delta - 0x10000 if delta & 0x8000 else delta
             pos += 2
-            out.append((seq, t))
+            append(t * 0.00025)
         else:
-            out.append((seq, None))
-    return out
+            append(None)
+    return base, out
+
+
+def parse_feedback(payload: bytes) -> list[tuple[int, Optional[float]]]:
+    """(transport seq, arrival time s or None) per reported packet, in sequence order."""
+    base, arrivals = parse_arrivals(payload)
+    return [((base + k) & 0xFFFF, a) for k, a in enumerate(arrivals)]
 
 
 def build_feedback(sender_ssrc: int, media_ssrc: int, base: int, arrivals: list[Optional[float]], fb_count: int) -> bytes:

@@ -20,10 +20,15 @@ export const PROTOCOL_VERSION = 1;
 
 export const STATES = ["connecting", "joined", "connected", "reconnecting", "error", "left"];
 
-/** Simulcast layers, lowest first; rids q/h/f as Chrome and the server expect. */
+/**
+ * Simulcast layers, lowest first; rids q/h/f as Chrome and the server expect. Chrome sends
+ * each as VP8 with 3 temporal layers (L1T3), so the server can also forward a layer at 1/2
+ * or 1/4 of its frame rate. maxBitrates are set so that common downlinks are filled by one
+ * step: q (~200 kbit/s) + audio fits a 300 kbit/s link, h (~600 kbit/s) + audio an 800 kbit/s one.
+ */
 export const SIMULCAST_ENCODINGS = [
-  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
-  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 200_000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 600_000 },
   { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
 ];
 
