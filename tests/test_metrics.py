@@ -46,6 +46,14 @@ async def test_metrics_follow_a_live_meeting(hoinghi_server):
             assert _value(text, "hoinghi_packets_total", meeting="demo", direction="out") > 100
             assert _value(text, "hoinghi_bytes_total", meeting="demo", direction="in") > 10_000
             assert _value(text, "hoinghi_downlink_estimate_bps_count") >= 1
+            # the uplink budget: no limit set, what is sent measured all the same
+            assert _value(text, "hoinghi_egress_bps", what="capacity") == 0
+            assert _value(text, "hoinghi_egress_bps", what="sent") > 0
+            hoinghi_server.signaling.egress.set_capacity(50_000_000)
+            async with http.get(hoinghi_server.url + "/metrics") as r:
+                text = await r.text()
+            assert _value(text, "hoinghi_egress_bps", what="capacity") == 50_000_000
+            assert _value(text, "hoinghi_egress_limited_receivers") == 0  # far more than two sites need
         finally:
             await pub.close()
             await sub.close()
