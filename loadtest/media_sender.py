@@ -496,11 +496,12 @@ class OpusLoopSource:
 class MediaPacer:
     """Drives every SimulcastSource and OpusLoopSource of the process from one task."""
 
-    _shared: dict[int, "MediaPacer"] = {}
+    _shared: Optional["MediaPacer"] = None
 
     def __init__(self, tick: float = TICK) -> None:
         self.tick = tick
         self.sources: list = []
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
         self.late_ticks = 0
         self.ticks = 0
         self.errors = 0
@@ -508,12 +509,12 @@ class MediaPacer:
 
     @classmethod
     def shared(cls) -> "MediaPacer":
-        """One pacer per event loop, started on first use."""
+        """The running loop's pacer (a new one when the loop changed, as between tests)."""
         loop = asyncio.get_running_loop()
-        pacer = cls._shared.get(id(loop))
-        if pacer is None or pacer._task is None or pacer._task.done():
-            pacer = cls()
-            cls._shared[id(loop)] = pacer
+        pacer = cls._shared
+        if pacer is None or pacer._loop is not loop:
+            pacer = cls._shared = cls()
+            pacer._loop = loop
         return pacer
 
     def add(self, *sources) -> None:
@@ -523,12 +524,17 @@ class MediaPacer:
         self.start()
 
     def remove(self, *sources) -> None:
+        """Stop driving these sources; the task ends with the last one (add() restarts it)."""
         for s in sources:
             if s in self.sources:
                 self.sources.remove(s)
+        if not self.sources and self._task is not None:
+            self._task.cancel()
+            self._task = None
 
     def start(self) -> None:
         if self._task is None:
+            self._loop = asyncio.get_running_loop()
             self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
