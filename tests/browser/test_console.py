@@ -119,6 +119,20 @@ async def test_console_flows_through_the_browser(hoinghi, open_page):
         for page in (site, hub):
             await page.click('button[data-lang="vi"]')
 
+        # --- the server's uplink in the console head (no limit set here: what it sends)
+        await hub.wait_for_selector("#egress:not([hidden])", timeout=5000)
+        assert "Băng thông đi:" in await hub.locator("#egress").inner_text()
+
+        # --- keep A in every site's thumbnails: the row says so, the head lists it, clear all
+        row_more = hub.locator(f'#roster-body tr[data-site-id="{SITE_A}"] details.more')
+        await row_more.locator("summary").click()
+        await row_more.locator("button.btn-keep").click()
+        await hub.wait_for_function(
+            "() => (document.querySelector('#floor-line')?.textContent || '').includes('Luôn hiện cho mọi điểm cầu: UBND xã Cúc Phương')", timeout=3000)
+        await hub.wait_for_selector(f'#roster-body tr[data-site-id="{SITE_A}"] .tag-kept', timeout=3000)
+        await hub.click("#floor-line .floor-pins button")
+        await hub.wait_for_selector(f'#roster-body tr[data-site-id="{SITE_A}"] .tag-kept', state="detached", timeout=3000)
+
         # --- give the floor to A from the queue: on the hub page A becomes the large video
         await hub.click(f'#hands li[data-site-id="{SITE_A}"] button.btn-primary')
         await hub.wait_for_function(f"() => document.querySelector('#floor .tile')?.dataset.siteId === '{SITE_A}'", timeout=2000)
