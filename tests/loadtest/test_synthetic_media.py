@@ -249,7 +249,7 @@ async def test_simulcast_publisher_to_a_measuring_receiver(hoinghi_server, media
 
 
 @pytest.mark.slow
-async def test_pli_gives_a_keyframe_on_that_layer_and_publish_layers_stops_the_others(hoinghi_server, media):
+async def test_pli_keyframe_nack_rtx_and_publish_layers_per_layer(hoinghi_server, media):
     async with aiohttp.ClientSession() as http:
         pub = await _site(http, hoinghi_server, "hub", "hub", media=media, simulcast=True, feedback="rr")
         viewer = await _site(http, hoinghi_server, "xa-viewer", publish_video=False, video_slots=1, audio_slots=0)
@@ -277,6 +277,13 @@ async def test_pli_gives_a_keyframe_on_that_layer_and_publish_layers_stops_the_o
             # the keyframe of the phase whose keyframe comes first: within key_step frames
             assert 0 <= q.key_delay_frames[-1] <= media.key_step, q.key_delay_frames
             assert await _wait(lambda: q_server.keyframes > before[2], 2)  # and it reached the server
+
+            # a NACK is answered with RTX on the layer's RTX SSRC, which the server binds to
+            # the layer by the repaired-rid extension
+            retransmitted = q.retransmitted
+            transport.send_rtcp(rtcp.pack_nack(transport.rtcp_ssrc, q.ssrc, [(q.seq - 2) & 0xFFFF]))
+            assert await _wait(lambda: q.retransmitted > retransmitted, 2)
+            assert await _wait(lambda: q_server.rtx_ssrc == q.rtx_ssrc, 2), (q_server.rtx_ssrc, q.rtx_ssrc)
 
             # nobody watches any more: the server asks for q only, and h/f stop
             await viewer.close()
