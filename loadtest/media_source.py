@@ -11,10 +11,16 @@ Public API (stable; loadtest/locustfile.py and the rehearsal tool code against i
 ----------------------------------------------------------------------------------
 
 ``SyntheticMedia.load(cache_dir=None, *, fps=20, seconds=10.0, label="hoinghi", variant=0,
-audio_seed=0) -> SyntheticMedia``
-    Encode (first time, ~20-60 s on one core) or load from ``cache_dir`` (default
-    ``$HOINGHI_CACHE`` or ``~/.cache/hoinghi``; keyed by every parameter). Loading a cached
-    set takes well under a second. One instance is shared by any number of senders.
+audio_seed=0, keyframe_interval=2.5, key_step=0.5, layers=DEFAULT_LAYERS) -> SyntheticMedia``
+    Encode (first time: ~35 s for the default set on this 2-core VM) or load from
+    ``cache_dir`` (default ``$HOINGHI_CACHE`` or ``~/.cache/hoinghi``; keyed by every
+    parameter, written atomically, so concurrent processes are safe). Loading a cached set
+    takes tens of ms. One instance is shared by any number of senders; each sender starts
+    at its own place in the loop (``seed``), so sites neither look nor sound in step. More
+    ``audio_seed`` values give other voices (another cache entry each).
+    Keyframes: every ``keyframe_interval`` (2.5 s) in 5 encodings ("phases") whose
+    keyframes are staggered by ``key_step`` (0.5 s): a keyframe request is met by switching
+    to the phase whose keyframe comes first, at that keyframe.
     ``media.layers``: list of ``LayerMedia`` lowest first (rid ``q`` 320x180 ~150 kbit/s,
     ``h`` 640x360 ~500 kbit/s, ``f`` 1280x720 ~1.5 Mbit/s). ``media.loop_frames``: frames in
     the loop (``fps * seconds``). ``media.audio``: ``AudioMedia`` (20 ms Opus packets with
