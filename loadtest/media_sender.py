@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from media import rtcp
 from media.rtp import URI_RID, URI_RRID
 
-from .media_source import CLOCKS, FrameClock, LayerMedia, SyntheticMedia, TalkSchedule, VP8_DESCRIPTOR
+from .media_source import CLOCKS, FrameClock, LayerMedia, SyntheticMedia, TalkSchedule
 
 if TYPE_CHECKING:
     from .rawpeer import RawTransport
