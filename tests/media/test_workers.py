@@ -204,3 +204,65 @@ async def test_bad_offer_is_refused_by_the_worker_and_nothing_else_changes(hoing
         assert _frames(site, hub) > n0 + 5  # the others never noticed
     finally:
         await _close(hub, site)
+
+
+async def test_uplink_budget_holds_across_workers(hoinghi_workers):
+    """The operator's egress capacity is split over the workers by their demand; what all
+    of them send together stays under it."""
+    from loadtest.rawpeer import FeedbackTicker, HoinghiSite, Pacer
+
+    srv = hoinghi_workers
+    sig = srv.signaling
+    http = aiohttp.ClientSession()
+    peers: list = []
+    pacer = Pacer(fps=30, rate=60, audio=False)
+    ticker = None
+    try:
+        for sid in ("floor", "t1", "t2", "t3"):
+            p = HoinghiSite(http, srv.url, srv.token(sid), sid, payload_size=600, publish_video=True)
+            await p.join()
+            await p.negotiate()
+            await p.wait_connected()
+            pacer.sources.append(p.video)
+            peers.append(p)
+        pacer.start()
+        receivers = []
+        for i in range(4):
+            r = HoinghiSite(http, srv.url, srv.token(f"r{i}"), f"r{i}", publish_video=False, video_slots=4, audio_slots=1)
+            await r.join()
+            await r.negotiate()
+            await r.wait_connected()
+            receivers.append(r)
+            peers.append(r)
+        ticker = FeedbackTicker(receivers)
+        ticker.start()
+        await sig.chair.act("demo", "floor", site_id="floor")
+        router = sig.rooms["demo"].router
+        assert {router.transports[r.participant_id].worker for r in receivers} == {0, 1}
+
+        async def egress(seconds: float) -> float:
+            await asyncio.sleep(1.1)  # a fresh stats round from every worker
+            b0, t0 = router.totals()["bytes_out"], time.monotonic()
+            await asyncio.sleep(seconds)
+            return (router.totals()["bytes_out"] - b0) * 8 / (time.monotonic() - t0)
+
+        await asyncio.sleep(3.0)  # four streams to every receiver, rates settled
+        free = await egress(2.0)
+        assert free > 1_000_000, free
+        cap = 0.45 * free
+        sig.egress.set_capacity(cap)
+        await asyncio.sleep(2.0)
+        limited = await egress(3.0)
+        assert limited < cap, (limited, cap, free)
+        assert limited > 0.15 * free  # the floor still goes to everyone
+        snap = sig.egress.snapshot()
+        assert snap["capacity_bps"] == round(cap) and snap["limiting"], snap
+        sig.egress.set_capacity(0)
+        await asyncio.sleep(3.0)
+        assert await egress(2.0) > 0.8 * free  # lifted: the thumbnails come back
+    finally:
+        if ticker is not None:
+            await ticker.stop()
+        await pacer.stop()
+        await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
+        await http.close()
