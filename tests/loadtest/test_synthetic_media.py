@@ -27,6 +27,7 @@ from media import rtcp
 from media.rtp import URI_RID, URI_RRID
 from media.sdp import inspect_offer
 
+#: a small set for the fast tests: one 320x180 layer, one keyframe phase, 2.5 s
 SMALL = (LayerSpec("q", 320, 180, 150_000),)
 
 
@@ -61,7 +62,7 @@ def test_stamp_reads_back_from_the_drawn_picture_and_refuses_a_corrupt_one():
 
 
 def test_cache_second_load_is_identical_and_does_not_encode(tmp_path, monkeypatch):
-    first = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, label="cache-test")
+    first = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, keyframe_interval=0.5, key_step=0.5, label="cache-test")
     assert not first.loaded_from_cache
     assert len(list(tmp_path.glob("synthetic-*.bin"))) == 1
 
@@ -69,7 +70,7 @@ def test_cache_second_load_is_identical_and_does_not_encode(tmp_path, monkeypatc
         raise AssertionError("encoded again although the cache holds these parameters")
 
     monkeypatch.setattr(media_source, "encode_media", no_encoding)
-    second = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, label="cache-test")
+    second = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, keyframe_interval=0.5, key_step=0.5, label="cache-test")
     assert second.loaded_from_cache and second.key == first.key
     for a, b in zip(first.layers, second.layers):
         assert [[f.payloads for f in ph] for ph in a.phases] == [[f.payloads for f in ph] for ph in b.phases]
@@ -77,18 +78,18 @@ def test_cache_second_load_is_identical_and_does_not_encode(tmp_path, monkeypatc
     assert first.audio.packets == second.audio.packets and first.audio.levels == second.audio.levels
     # other parameters are another entry, not a stale hit
     with pytest.raises(AssertionError, match="encoded again"):
-        SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, label="another label")
+        SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, keyframe_interval=0.5, key_step=0.5, label="another label")
     monkeypatch.undo()
     # a damaged file is re-encoded, not trusted
     path = next(tmp_path.glob("synthetic-*.bin"))
     path.write_bytes(path.read_bytes()[:1000])
-    third = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, label="cache-test")
+    third = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, keyframe_interval=0.5, key_step=0.5, label="cache-test")
     assert not third.loaded_from_cache  # (libvpx in real-time mode is not bit-exact run to run)
     assert len(third.layers[0].phases[0]) == len(first.layers[0].phases[0]) == 50
 
 
 def test_audio_levels_follow_the_speech_and_silence_is_silent(tmp_path):
-    m = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, audio_seed=3)
+    m = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, keyframe_interval=0.5, key_step=0.5, audio_seed=3)
     a = m.audio
     assert len(a.packets) == len(a.levels) == 125  # 2.5 s of 20 ms packets
     voiced = [lv for lv in a.levels if lv < 50]
@@ -139,7 +140,7 @@ def test_stamp_survives_vp8_at_every_layer_and_phase(media):
 
 
 async def test_offer_is_read_by_the_server_as_three_layers(tmp_path):
-    media = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL)
+    media = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, keyframe_interval=0.5, key_step=0.5)
     peer = RawPeer("x", publish_video=True, publish_audio=True, video_slots=2, audio_slots=1, media=media, simulcast=True)
     try:
         sdp = await peer.create_offer()
