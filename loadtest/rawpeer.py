@@ -591,10 +591,7 @@ class RawPeer:
         self.simulcast_source: Optional[SimulcastSource] = None
         self.audio_source: Optional[OpusLoopSource] = None
         self.pacer: Optional[MediaPacer] = None
-        self.answer_sdp = ""
-        self._video_mid = ""
-        if feedback not in FEEDBACK_MODES:
-            raise ValueError(f"feedback must be one of {FEEDBACK_MODES}")
+        self.answer_sdp = ""  # kept for loadtest/measure.py (slot mid -> SSRC)
         self.name = name
         self.feedback = feedback
         self.rtcp_ssrc = random.getrandbits(32) | 1
@@ -628,7 +625,6 @@ class RawPeer:
         if self.publish_audio:
             pc.addTransceiver("audio", direction="sendonly")
         if self.publish_video:
-            self._video_mid = ""
             pc.addTransceiver("video", direction="sendonly")
         for _ in range(self.video_slots):
             pc.addTransceiver("video", direction="recvonly")
@@ -640,7 +636,6 @@ class RawPeer:
         sdp = pc.localDescription.sdp
         if self.simulcast and self.publish_video:
             t = next(t for t in pc.getTransceivers() if t.kind == "video" and t.direction == "sendonly")
-            self._video_mid = t.mid
             sdp = munge_simulcast_offer(sdp, t.mid, self.media.rids)  # type: ignore[union-attr]
         if self.feedback == "twcc":
             # aiortc offers neither the transport-cc extension nor its rtcp-fb; a browser
