@@ -50,7 +50,7 @@ import aiohttp
 from .linkprofile import SiteSpec, plan_sites, read_profiles_csv, read_registry
 from .rawpeer import FeedbackTicker, window_loss
 from .rehearse_args import add_arguments
-from .sitesim import UDP_IP_OVERHEAD, SimSite, make_media
+from .sitesim import UDP_IP_OVERHEAD, SimSite, StallWatch, make_media
 
 logger = logging.getLogger("rehearse")
 
@@ -372,12 +372,16 @@ class Rehearsal:
         self.server = server
         self.specs = specs
         self.media = make_media(args.media, audio=not args.no_audio, talkers=args.talkers)
+        self.stalls = StallWatch()
+        self.decrypt_every = args.decrypt_every or (8 if getattr(self.media, "simulcast", False) else 1)
         self.states: list[SiteState] = []
         self.t0 = 0.0
         self.t_steady: Optional[float] = None
         self.t_end: Optional[float] = None
         self.timeline: dict[str, list] = {k: [] for k in ("t", "joined", "flowing", "rx_kbps", "loss_pct", "server_cpu_pct",
-                                                            "server_rss_mb", "hub_uplink_kbps", "server_packets_out_s")}
+                                                            "server_rss_mb", "hub_uplink_kbps", "server_packets_out_s",
+                                                            "generator_cpu_pct")}
+        self._prev_gen: Optional[float] = None
         self.join_tasks: list[asyncio.Task] = []
         self._prev_cpu: Optional[float] = None
         self._prev_metrics: Optional[dict] = None
@@ -394,6 +398,7 @@ class Rehearsal:
         tokens = await self.server.issue(http, self.specs, ttl=int(3600 + a.seconds * 2))
         ticker = FeedbackTicker([], twcc_interval=0.1)
         self.media.start()
+        self.stalls.start()
         ticker.start()
         self.t0 = time.monotonic()
         sampler = asyncio.ensure_future(self._sample_loop(http))
@@ -402,7 +407,7 @@ class Rehearsal:
                 if spec.site_id not in tokens:
                     raise RuntimeError(f"no join token for site {spec.site_id}")
                 site = SimSite(spec, http, self.server.url, tokens[spec.site_id], self.media,
-                               decrypt_every=a.decrypt_every, feedback=a.feedback, seed=a.seed + i,
+                               decrypt_every=self.decrypt_every, feedback=a.feedback, seed=a.seed + i,
                                queue_ms=a.queue_ms)
                 st = SiteState(site)
                 self.states.append(st)
@@ -424,6 +429,7 @@ class Rehearsal:
             except (asyncio.CancelledError, Exception):
                 pass
             await self.media.stop()
+            await self.stalls.stop()
             await ticker.stop()
             for t in self.join_tasks:
                 t.cancel()
@@ -512,6 +518,9 @@ class Rehearsal:
         else:
             tl["server_cpu_pct"].append(None)
         self._prev_cpu = cpu
+        gen = sum(os.times()[:2])
+        tl["generator_cpu_pct"].append(round(100.0 * (gen - self._prev_gen) / dt, 1) if self._prev_gen is not None else None)
+        self._prev_gen = gen
         rss = proc_rss_mb(pid) if pid else None
         if rss is None and m is not None and "process_resident_memory_bytes" in m:
             rss = m["process_resident_memory_bytes"] / 2**20
@@ -644,6 +653,11 @@ class Rehearsal:
                 "stage_kbps": round((_stage_bytes(st) - st.steady_stage) * 8 / dt / 1000, 1),
                 "freezes": fz - st.steady_freezes,
                 "freeze_s": round(fs - st.steady_freeze_s, 2),
+                # freezes during which this process's own event loop stalled are the generator's
+                "freezes_generator": sum(1 for t in r.tracks.values() if t.video for a, g in t.freeze_at
+                                         if a >= st.steady_t and self.stalls.covers(a, g)),
+                "freeze_s_generator": round(sum(g for t in r.tracks.values() if t.video for a, g in t.freeze_at
+                                                if a >= st.steady_t and self.stalls.covers(a, g)), 2),
                 "jitter_ms": round(max((t.jitter for t in r.tracks.values() if t.video), default=0.0) * 1000, 2),
                 "video_tracks": sum(1 for t in r.tracks.values() if t.video),
                 "video_slots_filled": st.filled_max,
@@ -722,8 +736,21 @@ class Rehearsal:
             server["forwarded_at_sites_per_s"] = round(fwd / steady_s, 1)
             if server.get("cpu_s") is not None and fwd:
                 server["us_per_forwarded_packet_sites"] = round(1e6 * server["cpu_s"] / fwd, 2)
-        joined = [s for s in sites if s["joined"]]
         sums = [s["summary"] for s in sites if s["summary"]]
+        warnings = []
+        stalls = [x for x in self.stalls.stalls if self.t_steady and x[0] >= self.t_steady]
+        if stalls:
+            fz = sum(x["freezes"] for x in sums)
+            fg = sum(x.get("freezes_generator", 0) for x in sums)
+            warnings.append(f"the synthetic sites' event loop stalled {len(stalls)} times for over "
+                            f"{int(self.stalls.threshold * 1000)} ms (max {max(late for _, late in stalls) * 1000:.0f} ms; "
+                            f"a busy machine?): {fg} of the {fz} freezes coincide and are not counted against the server")
+        gen = [x for x in self.timeline["generator_cpu_pct"] if x is not None]
+        if gen and self.server.mode != "inprocess" and sorted(gen)[len(gen) // 2] > 90:
+            warnings.append(f"the synthetic sites' process used {sorted(gen)[len(gen) // 2]:.0f}% of a core (median): "
+                            "figures may be limited by the load generator; use --decrypt-every, fewer sites per process "
+                            "or a machine with a core to spare")
+        joined = [s for s in sites if s["joined"]]
         exp = sum(x["expected"] for x in sums)
         lost = sum(x["lost"] for x in sums)
         join_times = sorted(s["join_s"] for s in sites if s["join_s"] is not None)
@@ -735,6 +762,8 @@ class Rehearsal:
             "loss_pct": round(100.0 * lost / exp, 3) if exp else None,
             "rx_kbps": round(sum(x["rx_kbps"] for x in sums), 1),
             "freezes": sum(x["freezes"] for x in sums),
+            "freezes_generator": sum(x.get("freezes_generator", 0) for x in sums),
+            "generator_stalls": len([x for x in self.stalls.stalls if self.t_steady and x[0] >= self.t_steady]),
             "join_s_p50": _pctl(join_times, 50), "join_s_max": join_times[-1] if join_times else None,
             "first_media_s_p50": _pctl(fm, 50), "first_media_s_max": fm[-1] if fm else None,
             "struggling": sum(1 for s in sites if s["struggles"]),
@@ -750,6 +779,8 @@ class Rehearsal:
             "media": self.media.describe(),
             "server": server,
             "consistency": self.consistency,
+            "warnings": warnings,
+            "decrypt_every": self.decrypt_every,
             "totals": totals,
             "timeline": self.timeline,
             "sites": sites,
@@ -827,10 +858,12 @@ def struggles(site: dict, simulcast: bool, lang: str = "vi") -> list[str]:
         own = s.get("own_link_loss_pct") or 0.0
         key = "loss" if own >= s["loss_pct"] / 2 else "loss_elsewhere"
         out.append(t[key].format(pct=s["loss_pct"], own=own))
-    per_min = s["freezes"] / max(1e-6, s["seconds"]) * 60
-    frozen_share = s["freeze_s"] / max(1e-6, s["seconds"])
-    if s["freezes"] and (frozen_share >= FROZEN_SHARE_STRUGGLE or (s["freezes"] >= 2 and per_min >= FREEZES_PER_MIN_STRUGGLE)):
-        out.append(t["freezes"].format(n=s["freezes"], s=s["freeze_s"]))
+    n_fz = s["freezes"] - s.get("freezes_generator", 0)  # the generator's own stalls are not the server's
+    fz_s = max(0.0, s["freeze_s"] - s.get("freeze_s_generator", 0.0))
+    per_min = n_fz / max(1e-6, s["seconds"]) * 60
+    frozen_share = fz_s / max(1e-6, s["seconds"])
+    if n_fz > 0 and (frozen_share >= FROZEN_SHARE_STRUGGLE or (n_fz >= 2 and per_min >= FREEZES_PER_MIN_STRUGGLE)):
+        out.append(t["freezes"].format(n=n_fz, s=fz_s))
     loss_in = s.get("server_loss_in")
     sendable = s.get("uplink_layers")
     wanted = s.get("publish_layers")
@@ -867,6 +900,8 @@ def summary_table(result: dict) -> str:
                  f"/ peak {_f((sv.get('hub_uplink_kbps_peak') or 0) / 1000, 1)} Mbit/s")
     if sv.get("cpu_note"):
         lines.append(f"note: {sv['cpu_note']}")
+    for w in result.get("warnings", []):
+        lines.append(f"warning: {w}")
     return "\n".join(lines)
 
 

@@ -37,7 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: pre-encoded simulcast (loadtest.media_source) if present, else synthetic single layer")
     p.add_argument("--no-audio", action="store_true")
     p.add_argument("--talkers", type=int, default=0, help="pre-encoded media: sites besides the hub that talk all the time")
-    p.add_argument("--decrypt-every", type=int, default=1, help="light path: decrypt 1 packet in K (headers count all)")
+    p.add_argument("--decrypt-every", type=int, default=0,
+                   help="light path: sites decrypt 1 RTP packet in K and count the rest from their clear headers "
+                        "(0 = auto: 8 with pre-encoded media, whose payload nobody reads; 1 with synthetic, whose "
+                        "send stamps are read)")
     p.add_argument("--feedback", choices=FEEDBACK_MODES, default="twcc")
     p.add_argument("--out", type=Path, default=Path("rehearsal"), help="output directory (JSON + HTML)")
     p.add_argument("--lang", choices=("vi", "en"), default="vi", help="language of the report")

@@ -33,7 +33,7 @@ import aiohttp
 from .janus_client import ROOM, JanusError, JanusPublisher, JanusSession, JanusSubscriber, start_janus, stop_janus
 from .linkprofile import SiteSpec
 from .rawpeer import FeedbackTicker, window_loss
-from .sitesim import RawLinkShaper, SiteReceiver, make_media
+from .sitesim import RawLinkShaper, SiteReceiver, StallWatch, make_media
 
 logger = logging.getLogger("rehearse.janus")
 
@@ -169,6 +169,7 @@ async def rehearse_janus(args: argparse.Namespace, specs: list[SiteSpec], hoingh
     slots = {s["site_id"]: (s.get("video_slots") or 9, s.get("audio_slots") or 3) for s in hoinghi.get("sites", [])}
     sites: list[JanusSite] = []
     ticker = FeedbackTicker([], twcc_interval=0.1)
+    stalls = StallWatch()
     notes: list[str] = []
     out: dict[str, Any] = {"pid": pid, "port": port, "event_loops": 1}
     connector = aiohttp.TCPConnector(limit=0)
@@ -178,6 +179,7 @@ async def rehearse_janus(args: argparse.Namespace, specs: list[SiteSpec], hoingh
             await session.create()
             media.start()
             ticker.start()
+            stalls.start()
             t0 = time.monotonic()
             for i, spec in enumerate(specs):
                 site = JanusSite(spec, session, media, args.queue_ms, args.seed + 1000 + i)
@@ -255,9 +257,12 @@ async def rehearse_janus(args: argparse.Namespace, specs: list[SiteSpec], hoingh
                 exp += e
                 got += g
                 fz = sum(t.freezes for t in s.receiver.tracks.values() if t.video) - fz0
+                fg = sum(1 for t in s.receiver.tracks.values() if t.video for a, gap in t.freeze_at
+                         if a >= ta and stalls.covers(a, gap))
                 per_site.append({"site_id": s.spec.site_id, "name": s.spec.name, "error": s.error,
                                  "loss_pct": round(100.0 * (e - g) / e, 3) if e else None,
-                                 "rx_kbps": round((s.receiver.bytes - by0) * 8 / dt / 1000, 1), "freezes": fz})
+                                 "rx_kbps": round((s.receiver.bytes - by0) * 8 / dt / 1000, 1), "freezes": fz,
+                                 "freezes_generator": fg})
             cpu = (c1 - c0) if (c0 is not None and c1 is not None) else None
             out.update({
                 "sites": len(specs), "publishing": len(live), "subscribed": sum(1 for s in live if s.sub is not None),
@@ -266,7 +271,9 @@ async def rehearse_janus(args: argparse.Namespace, specs: list[SiteSpec], hoingh
                 "us_per_forwarded_packet": round(1e6 * cpu / forwarded, 2) if cpu and forwarded else None,
                 "loss_pct": round(100.0 * (exp - got) / exp, 3) if exp else None,
                 "rx_kbps": round(sum(x["rx_kbps"] for x in per_site), 1),
-                "freezes": sum(x["freezes"] for x in per_site), "rss_mb_max": round(max(rss), 1) if rss else None,
+                "freezes": sum(x["freezes"] for x in per_site),
+                "freezes_generator": sum(x["freezes_generator"] for x in per_site),
+                "generator_stalls": sum(1 for end, _ in stalls.stalls if end >= ta), "rss_mb_max": round(max(rss), 1) if rss else None,
                 "per_site": per_site, "media": media.describe(),
                 "note": "forwarded = packets that reached the sites plus those their shaped links dropped; "
                         "Janus has no downlink estimate, so narrow links lose what does not fit",
@@ -276,6 +283,7 @@ async def rehearse_janus(args: argparse.Namespace, specs: list[SiteSpec], hoingh
         finally:
             await media.stop()
             await ticker.stop()
+            await stalls.stop()
             await asyncio.gather(*(s.close() for s in sites), return_exceptions=True)
             await session.destroy()
             await loop.run_in_executor(None, stop_janus, pid)
@@ -308,7 +316,8 @@ def comparison_lines(result: dict) -> list[str]:
         ("forwarded packets/s", h.get("forwarded_at_sites_per_s"), j.get("forwarded_per_s")),
         ("server CPU % (mean)", h.get("cpu_pct_mean"), j.get("cpu_pct_mean")),
         ("loss %", t.get("loss_pct"), j.get("loss_pct")),
-        ("freezes", t.get("freezes"), j.get("freezes")),
+        ("freezes (all)", t.get("freezes"), j.get("freezes")),
+        ("  of which generator stalls", t.get("freezes_generator"), j.get("freezes_generator")),
         ("received kbit/s (all sites)", t.get("rx_kbps"), j.get("rx_kbps")),
     ]
     out = ["Side by side (same sites, links and media):"]

@@ -29,6 +29,8 @@ L = {
         "config": "Cấu hình", "media": "Nguồn hình/tiếng", "server": "Máy chủ", "consistency": "Đối chiếu gói tin",
         "janus": "So sánh với Janus VideoRoom (cùng tải)", "us_pkt": "µs CPU / gói chuyển tiếp",
         "fwd": "gói chuyển tiếp/s", "steady": "cửa sổ đo (s)", "note": "ghi chú",
+        "generator": "tiến trình các điểm cầu giả lập",
+        "freezes_gen": "trong đó trùng lúc tiến trình giả lập bị nghẽn",
     },
     "en": {
         "title": "Conference rehearsal", "summary": "Summary", "sites": "sites", "joined": "joined",
@@ -48,6 +50,8 @@ L = {
         "config": "Configuration", "media": "Media", "server": "Server", "consistency": "Packet accounting",
         "janus": "Compared with Janus VideoRoom (same load)", "us_pkt": "CPU µs / forwarded packet",
         "fwd": "forwarded packets/s", "steady": "measured window (s)", "note": "note",
+        "generator": "synthetic sites' process",
+        "freezes_gen": "of which during a stall of the generator",
     },
 }
 
@@ -212,7 +216,7 @@ def render_html(result: dict) -> str:
         (t["sites"], f"{tot['joined']}/{tot['sites']} {t['joined']}" + (f", {tot['failed']} {t['failed']}" if tot["failed"] else "")),
         (t["steady"], _fmt(tot.get("steady_seconds"))),
         (t["loss"], f"{_fmt(tot.get('loss_pct'), 3)} %"),
-        (t["freezes"], _fmt(tot.get("freezes"))),
+        (t["freezes"], f"{_fmt(tot.get('freezes'))} ({t['freezes_gen']}: {_fmt(tot.get('freezes_generator'))})"),
         (t["join_p50"], f"{_fmt(tot.get('join_s_p50'), 2)} s (max {_fmt(tot.get('join_s_max'), 2)} s)"),
         (t["first_media"], f"{_fmt(tot.get('first_media_s_p50'), 2)} s (max {_fmt(tot.get('first_media_s_max'), 2)} s)"),
         (t["server_cpu"], f"{_fmt(sv.get('cpu_pct_mean'), 0)} % ({t['mean']})"),
@@ -224,6 +228,8 @@ def render_html(result: dict) -> str:
     ]
     if sv.get("cpu_note"):
         rows.append((t["note"], sv["cpu_note"]))
+    for w in result.get("warnings", []):
+        rows.append((t["note"], w))
     parts += [f'<tr><td class="l">{_e(a)}</td><td class="l">{_e(b)}</td></tr>' for a, b in rows]
     parts.append("</table>")
     parts.append(f"<h2>{_e(t['struggling'])}</h2>")
@@ -246,7 +252,8 @@ def render_html(result: dict) -> str:
     parts.append(line_chart(t["joined_chart"], xs, [(t["joined"], tl["joined"], PALETTE[0], 2.0),
                                                     ("media", tl["flowing"], PALETTE[2], 1.5)], t["time"],
                             ymax=max(1, tot["sites"])))
-    parts.append(line_chart(t["cpu_chart"], xs, [(t["server_cpu"], tl["server_cpu_pct"], PALETTE[3], 1.5)], t["time"]))
+    parts.append(line_chart(t["cpu_chart"], xs, [(t["server_cpu"], tl["server_cpu_pct"], PALETTE[3], 1.5),
+                                                 (t["generator"], tl.get("generator_cpu_pct") or [], PALETTE[7], 1.0)], t["time"]))
     parts.append(line_chart(t["mem_chart"], xs, [(t["server_mem"], tl["server_rss_mb"], PALETTE[4], 1.5)], t["time"]))
     parts.append(line_chart(t["uplink_chart"], xs, [(t["hub_uplink"], [None if v is None else v / 1000 for v in tl["hub_uplink_kbps"]],
                                                      PALETTE[0], 1.5)], t["time"]))
@@ -288,6 +295,7 @@ def janus_table(result: dict, t: dict) -> str:
         (t["server_cpu"] + " %", _fmt(h.get("cpu_pct_mean"), 0), _fmt(j.get("cpu_pct_mean"), 0)),
         (t["loss"] + " %", _fmt(result["totals"].get("loss_pct"), 3), _fmt(j.get("loss_pct"), 3)),
         (t["freezes"], _fmt(result["totals"].get("freezes")), _fmt(j.get("freezes"))),
+        (t["freezes_gen"], _fmt(result["totals"].get("freezes_generator")), _fmt(j.get("freezes_generator"))),
         (t["col_rx"], _fmt(result["totals"].get("rx_kbps"), 0), _fmt(j.get("rx_kbps"), 0)),
     ]
     body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)

@@ -189,7 +189,7 @@ class Track:
     """Header-only measurements of one received SSRC (one slot of a site)."""
 
     __slots__ = ("ssrc", "video", "clock", "bytes", "packets", "jitter", "last_transit", "last_ts", "last_frame",
-                 "frames", "mean_interval", "freezes", "freeze_s", "first_frame")
+                 "frames", "mean_interval", "freezes", "freeze_s", "first_frame", "freeze_at")
 
     def __init__(self, ssrc: int, video: bool) -> None:
         self.ssrc = ssrc
@@ -206,6 +206,7 @@ class Track:
         self.freezes = 0
         self.freeze_s = 0.0
         self.first_frame = 0.0
+        self.freeze_at: list[tuple[float, float]] = []  # (monotonic time the frame came, gap s), the first 100
 
 
 class SiteReceiver(Receiver):
@@ -248,6 +249,8 @@ class SiteReceiver(Receiver):
                 if tr.frames > 5 and gap > max(3 * mean, mean + 0.15):
                     tr.freezes += 1
                     tr.freeze_s += gap
+                    if tr.freezes <= 100:
+                        tr.freeze_at.append((now, gap))
                 tr.mean_interval = gap if tr.frames == 1 else mean + (min(gap, 1.0) - mean) / 30.0
             else:
                 tr.first_frame = now
@@ -490,6 +493,46 @@ def make_media(name: str = "auto", **kw: Any) -> Any:
         if name == "preencoded":
             raise RuntimeError("pre-encoded media is not available here (loadtest.media_source): use --media synthetic")
     return SyntheticMedia(**{k: v for k, v in kw.items() if k in ("rate", "fps", "payload", "audio", "uplink_share")})
+
+
+class StallWatch:
+    """Notices when this process's event loop was late: a stall here looks like a freeze there.
+
+    Every freeze the sites report is then checked against it: freezes that coincide with a
+    stall of the load generator are its own, not the server's.
+    """
+
+    def __init__(self, interval: float = 0.01, threshold: float = 0.1) -> None:
+        self.interval = interval
+        self.threshold = threshold
+        self.stalls: list[tuple[float, float]] = []  # (monotonic end, seconds late)
+        self._task: Optional[asyncio.Task] = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(self.interval)
+            late = time.monotonic() - t - self.interval
+            if late > self.threshold and len(self.stalls) < 10000:
+                self.stalls.append((time.monotonic(), late))
+
+    def covers(self, at: float, gap: float) -> bool:
+        """Did a stall of this loop overlap the frame gap that ended at `at`?"""
+        start = at - gap
+        return any(end - late - 0.05 <= at and end + 0.05 >= start for end, late in self.stalls)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
 
 
 # --------------------------------------------------------------------------- one site
