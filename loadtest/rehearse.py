@@ -373,6 +373,7 @@ class Rehearsal:
         self.specs = specs
         self.media = make_media(args.media, audio=not args.no_audio, talkers=args.talkers)
         self.stalls = StallWatch()
+        self.control: Any = None  # set in a worker process (loadtest.rehearse_worker)
         self.decrypt_every = args.decrypt_every or (8 if getattr(self.media, "simulcast", False) else 1)
         self.states: list[SiteState] = []
         self.t0 = 0.0
@@ -393,33 +394,47 @@ class Rehearsal:
 
     # ------------------------------------------------------------ running
 
-    async def run(self, http: aiohttp.ClientSession) -> dict:
+    async def run(self, http: aiohttp.ClientSession, tokens: Optional[dict] = None,
+                  order: Optional[list[int]] = None, t0_wall: Optional[float] = None) -> dict:
+        """Join the sites, run the meeting, measure. In a worker process (`self.control` set)
+        the parent's commands replace the settle and duration timers, and `tokens`, the sites'
+        global join order and the parent's start time come from the parent."""
         a = self.args
-        tokens = await self.server.issue(http, self.specs, ttl=int(3600 + a.seconds * 2))
+        if tokens is None:
+            tokens = await self.server.issue(http, self.specs, ttl=int(3600 + a.seconds * 2))
+        order = order if order is not None else list(range(len(self.specs)))
         ticker = FeedbackTicker([], twcc_interval=0.1)
         self.media.start()
         self.stalls.start()
         ticker.start()
-        self.t0 = time.monotonic()
+        self.t0 = time.monotonic() - (time.time() - t0_wall if t0_wall is not None else 0.0)
         sampler = asyncio.ensure_future(self._sample_loop(http))
         try:
             for i, spec in enumerate(self.specs):
                 if spec.site_id not in tokens:
                     raise RuntimeError(f"no join token for site {spec.site_id}")
+                await asyncio.sleep(max(0.0, self.t0 + order[i] / a.join_rate - time.monotonic()))
                 site = SimSite(spec, http, self.server.url, tokens[spec.site_id], self.media,
-                               decrypt_every=self.decrypt_every, feedback=a.feedback, seed=a.seed + i,
+                               decrypt_every=self.decrypt_every, feedback=a.feedback, seed=a.seed + order[i],
                                queue_ms=a.queue_ms)
                 st = SiteState(site)
                 self.states.append(st)
                 ticker.peers.append(site.peer)
                 self.join_tasks.append(asyncio.ensure_future(self._join(site)))
-                await asyncio.sleep(1.0 / a.join_rate)
-            await asyncio.wait(self.join_tasks, timeout=a.join_timeout + 5)
+            if self.join_tasks:
+                await asyncio.wait(self.join_tasks, timeout=a.join_timeout + 5)
             # the meeting runs --seconds once everyone is in (or gave up)
-            await asyncio.sleep(a.settle)
+            if self.control is not None:
+                self.control.send({"joins_done": True})
+                await self.control.wait("steady")
+            else:
+                await asyncio.sleep(a.settle)
             self.t_steady = time.monotonic()
             await self._mark_steady(http)
-            await asyncio.sleep(a.seconds)
+            if self.control is not None:
+                await self.control.wait("stop")
+            else:
+                await asyncio.sleep(a.seconds)
             await self._final_snapshot(http)
             self.t_end = time.monotonic()
         finally:
@@ -443,6 +458,8 @@ class Rehearsal:
             logger.info("site %s failed: %s", site.spec.site_id, site.error)
 
     async def _metrics(self, http: aiohttp.ClientSession) -> Optional[dict]:
+        if self.control is not None:  # a worker process: the parent reads the server
+            return None
         try:
             async with http.get(self.server.url + "/metrics", timeout=aiohttp.ClientTimeout(total=3)) as r:
                 if r.status != 200:
@@ -462,7 +479,9 @@ class Rehearsal:
             await asyncio.sleep(max(0.0, next_t - time.monotonic()))
             m = await self._metrics(http)
             self._sample(m)
-            if time.monotonic() >= next_progress:
+            if self.control is not None:
+                self.control.send(self.status())
+            elif time.monotonic() >= next_progress:
                 next_progress += self.args.progress
                 self._progress()
 
@@ -509,6 +528,14 @@ class Rehearsal:
         tl["flowing"].append(flowing)
         tl["rx_kbps"].append(round(total_bytes * 8 / dt / 1000, 1))
         tl["loss_pct"].append(round(100.0 * (exp_all - got_all) / exp_all, 3) if exp_all > 0 else None)
+        gen = sum(os.times()[:2])
+        tl["generator_cpu_pct"].append(round(100.0 * (gen - self._prev_gen) / dt, 1) if self._prev_gen is not None else None)
+        self._prev_gen = gen
+        self._server_sample(m, dt)
+
+    def _server_sample(self, m: Optional[dict], dt: float) -> None:
+        """Server CPU, memory and egress for this tick."""
+        tl = self.timeline
         pid = self.server.pid
         cpu = proc_cpu_s(pid) if pid else None
         if cpu is None and m is not None:
@@ -518,9 +545,6 @@ class Rehearsal:
         else:
             tl["server_cpu_pct"].append(None)
         self._prev_cpu = cpu
-        gen = sum(os.times()[:2])
-        tl["generator_cpu_pct"].append(round(100.0 * (gen - self._prev_gen) / dt, 1) if self._prev_gen is not None else None)
-        self._prev_gen = gen
         rss = proc_rss_mb(pid) if pid else None
         if rss is None and m is not None and "process_resident_memory_bytes" in m:
             rss = m["process_resident_memory_bytes"] / 2**20
@@ -538,6 +562,29 @@ class Rehearsal:
             tl["server_packets_out_s"].append(None)
         if m is not None:
             self._prev_metrics = m
+
+    def arrived(self) -> int:
+        """RTP packets that reached these sites, or were dropped by / still wait in their shaped links."""
+        n = sum(self._site_packets(st) for st in self.states)
+        for st in self.states:
+            d = st.site.shaper.down if st.site.shaper else None
+            if d is not None:
+                n += d.dropped_rtp + d.queued_rtp()
+        return n
+
+    def status(self) -> dict:
+        """Cumulative counters of these sites, for a parent that aggregates several processes."""
+        exp = got = 0
+        for st in self.states:
+            e, g = window_loss({}, st.site.receiver)
+            exp += e
+            got += g
+        tl = self.timeline
+        return {"t_wall": time.time(), "joined": tl["joined"][-1] if tl["joined"] else 0,
+                "flowing": tl["flowing"][-1] if tl["flowing"] else 0,
+                "bytes": sum(_site_bytes(st) for st in self.states), "expected": exp, "received": got,
+                "freezes": sum(_freezes(st)[0] for st in self.states), "failed": sum(1 for st in self.states if st.site.error),
+                "cpu_s": sum(os.times()[:2]), "arrived": self.arrived()}
 
     def _progress(self) -> None:
         tl = self.timeline
@@ -596,14 +643,7 @@ class Rehearsal:
 
     async def _final_snapshot(self, http: aiohttp.ClientSession) -> None:
         """Server's sent counters and the sites' received ones at (nearly) the same instant."""
-        def arrived() -> int:  # received, dropped by the shaped links, or waiting in them
-            n = sum(self._site_packets(st) for st in self.states)
-            for st in self.states:
-                d = st.site.shaper.down if st.site.shaper else None
-                if d is not None:
-                    n += d.dropped_rtp + d.queued_rtp()
-            return n
-
+        arrived = self.arrived
         self.cpu_last = proc_cpu_s(self.server.pid) if self.server.pid else None
         before = arrived()
         self.metrics_last = await self._metrics(http)
@@ -697,8 +737,10 @@ class Rehearsal:
     def media_simulcast(self) -> bool:
         return bool(getattr(self.media, "simulcast", False))
 
-    def result(self) -> dict:
-        sites = [self.site_result(st) for st in self.states]
+    def result(self, sites: Optional[list] = None, workers: Optional[list] = None) -> dict:
+        """Everything measured. `sites` and `workers` (their own results) come from worker processes."""
+        if sites is None:
+            sites = [self.site_result(st) for st in self.states]
         steady_s = (self.t_end - self.t_steady) if (self.t_end and self.t_steady) else None
         m0, m1 = self.metrics_first, self.metrics_last
         server: dict[str, Any] = {"mode": self.server.mode, "url": self.server.url, "pid": self.server.pid,
@@ -739,14 +781,20 @@ class Rehearsal:
         sums = [s["summary"] for s in sites if s["summary"]]
         warnings = []
         stalls = [x for x in self.stalls.stalls if self.t_steady and x[0] >= self.t_steady]
+        n_stalls = len(stalls)
         if stalls:
             fz = sum(x["freezes"] for x in sums)
             fg = sum(x.get("freezes_generator", 0) for x in sums)
             warnings.append(f"the synthetic sites' event loop stalled {len(stalls)} times for over "
                             f"{int(self.stalls.threshold * 1000)} ms (max {max(late for _, late in stalls) * 1000:.0f} ms; "
                             f"a busy machine?): {fg} of the {fz} freezes coincide and are not counted against the server")
+        for w in workers or []:
+            n_stalls += w["totals"].get("generator_stalls", 0)
+            warnings += [f"worker {w['worker']}: {x}" for x in w.get("warnings", [])]
         gen = [x for x in self.timeline["generator_cpu_pct"] if x is not None]
-        if gen and self.server.mode != "inprocess" and sorted(gen)[len(gen) // 2] > 90:
+        if workers:
+            pass  # per worker, above
+        elif gen and self.server.mode != "inprocess" and sorted(gen)[len(gen) // 2] > 90:
             warnings.append(f"the synthetic sites' process used {sorted(gen)[len(gen) // 2]:.0f}% of a core (median): "
                             "figures may be limited by the load generator; use --decrypt-every, fewer sites per process "
                             "or a machine with a core to spare")
@@ -757,13 +805,14 @@ class Rehearsal:
         fm = sorted(s["first_media_s"] for s in sites if s["first_media_s"] is not None)
         totals = {
             "sites": len(self.specs), "joined": len(joined), "failed": sum(1 for s in sites if s["error"]),
-            "media_flowing": sum(1 for st in self.states if st.flowing),
+            "media_flowing": sum(1 for s in sites if any((x or 0) > 0 for x in s["series"]["rx_kbps"])),
             "steady_seconds": _r(steady_s, 2),
             "loss_pct": round(100.0 * lost / exp, 3) if exp else None,
             "rx_kbps": round(sum(x["rx_kbps"] for x in sums), 1),
             "freezes": sum(x["freezes"] for x in sums),
             "freezes_generator": sum(x.get("freezes_generator", 0) for x in sums),
-            "generator_stalls": len([x for x in self.stalls.stalls if self.t_steady and x[0] >= self.t_steady]),
+            "generator_stalls": n_stalls,
+            "generator_processes": len(workers) if workers else 1,
             "join_s_p50": _pctl(join_times, 50), "join_s_max": join_times[-1] if join_times else None,
             "first_media_s_p50": _pctl(fm, 50), "first_media_s_max": fm[-1] if fm else None,
             "struggling": sum(1 for s in sites if s["struggles"]),
@@ -787,6 +836,145 @@ class Rehearsal:
             "struggling": [{"site_id": s["site_id"], "name": s["name"], "reasons": s["struggles"],
                             "text": f"{s['name']}: " + "; ".join(s["struggles"])} for s in sites if s["struggles"]],
         }
+
+
+async def run_processes(reh: Rehearsal, http: aiohttp.ClientSession, k: int) -> dict:
+    """Spread the sites over k worker processes (loadtest.rehearse_worker); measure the server here."""
+    a = reh.args
+    tokens = await reh.server.issue(http, reh.specs, ttl=int(3600 + a.seconds * 2))
+    tmp = Path(tempfile.mkdtemp(prefix="hoinghi-rehearse-w-"))
+    t0_wall = time.time() + 2.0  # the workers need a moment to start
+    reh.t0 = time.monotonic() + 2.0
+    plain_args = {key: (str(v) if isinstance(v, Path) else v) for key, v in vars(a).items() if key != "func"}
+    procs = []
+    for w in range(k):
+        idx = [i for i in range(len(reh.specs)) if i % k == w]
+        if not idx:
+            continue
+        job = {"worker": w, "url": reh.server.url, "meeting": reh.server.meeting, "t0_wall": t0_wall, "order": idx,
+               "args": plain_args, "tokens": {reh.specs[i].site_id: tokens[reh.specs[i].site_id] for i in idx},
+               "specs": [{"site_id": reh.specs[i].site_id, "name": reh.specs[i].name, "role": reh.specs[i].role,
+                          "level": reh.specs[i].level, "profile": reh.specs[i].profile.as_dict()} for i in idx]}
+        (tmp / f"job{w}.json").write_text(json.dumps(job, ensure_ascii=False))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "loadtest.rehearse_worker", str(tmp / f"job{w}.json"), str(tmp / f"result{w}.json"),
+            cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)), limit=1 << 22)
+        procs.append({"w": w, "proc": proc, "status": None, "prev": None, "joins_done": False, "result": None})
+
+    async def read(p: dict) -> None:
+        assert p["proc"].stdout is not None
+        async for line in p["proc"].stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if "t_wall" in msg:
+                p["status"] = msg
+            elif msg.get("joins_done"):
+                p["joins_done"] = True
+            elif "result" in msg:
+                p["result"] = msg["result"]
+        p["joins_done"] = True  # a worker that died is done joining
+
+    def send(cmd: str) -> None:
+        for p in procs:
+            if p["proc"].stdin is not None and p["proc"].returncode is None:
+                p["proc"].stdin.write((cmd + "\n").encode())
+
+    readers = [asyncio.ensure_future(read(p)) for p in procs]
+    sampler = asyncio.ensure_future(_sample_processes(reh, http, procs))
+    try:
+        deadline = time.monotonic() + 2.0 + len(reh.specs) / a.join_rate + a.join_timeout + 30
+        while not all(p["joins_done"] for p in procs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(a.settle)
+        reh.t_steady = time.monotonic()
+        reh.metrics_first = await reh._metrics(http)
+        reh.cpu_first = proc_cpu_s(reh.server.pid) if reh.server.pid else None
+        send("steady")
+        await asyncio.sleep(a.seconds)
+        reh.cpu_last = proc_cpu_s(reh.server.pid) if reh.server.pid else None
+        before = sum((p["status"] or {}).get("arrived", 0) for p in procs)
+        reh.metrics_last = await reh._metrics(http)
+        send("stop")
+        reh.t_end = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*(p["proc"].wait() for p in procs)), 120)
+        await asyncio.gather(*readers, return_exceptions=True)
+    finally:
+        sampler.cancel()
+        for p in procs:
+            if p["proc"].returncode is None:
+                p["proc"].kill()
+    results = []
+    for p in procs:
+        if p["result"] and Path(p["result"]).exists():
+            results.append(json.loads(Path(p["result"]).read_text()))
+        else:
+            logger.warning("worker %s gave no result (exit %s)", p["w"], p["proc"].returncode)
+    shutil.rmtree(tmp, ignore_errors=True)
+    order = {spec.site_id: i for i, spec in enumerate(reh.specs)}
+    sites = sorted((s for r in results for s in r["sites"]), key=lambda s: order.get(s["site_id"], 0))
+    m = reh.metrics_last
+    reh.consistency = {
+        "server_packets_out": int(m.get("hoinghi_packets_total:out", 0)) if m else None,
+        "sites_arrived_at_stop": sum(r["consistency"].get("sites_arrived_before_scrape", 0) for r in results),
+        "sites_arrived_last_status": before,
+        "note": f"{len(results)} worker processes: their counts and the server's are taken up to a sample apart",
+    }
+    return reh.result(sites=sites, workers=results)
+
+
+async def _sample_processes(reh: Rehearsal, http: aiohttp.ClientSession, procs: list) -> None:
+    """The parent's timeline: server figures here, the sites' totals from the workers' status lines."""
+    a = reh.args
+    next_t = reh.t0
+    next_progress = reh.t0 + a.progress
+    tl = reh.timeline
+    prev_t = None
+    while True:
+        next_t += a.sample
+        await asyncio.sleep(max(0.0, next_t - time.monotonic()))
+        m = await reh._metrics(http)
+        now = time.monotonic()
+        dt = now - prev_t if prev_t else a.sample
+        prev_t = now
+        joined = flowing = 0
+        dbytes = dexp = dgot = 0
+        gen = 0.0
+        for p in procs:
+            st, pv = p["status"], p["prev"]
+            if st is None:
+                continue
+            joined += st["joined"]
+            flowing += st["flowing"]
+            if pv is not None:
+                dbytes += st["bytes"] - pv["bytes"]
+                dexp += st["expected"] - pv["expected"]
+                dgot += st["received"] - pv["received"]
+                gen += (st["cpu_s"] - pv["cpu_s"]) / max(1e-6, st["t_wall"] - pv["t_wall"])
+            p["prev"] = st
+        tl["t"].append(round(now - reh.t0, 2))
+        tl["joined"].append(joined)
+        tl["flowing"].append(flowing)
+        tl["rx_kbps"].append(round(dbytes * 8 / dt / 1000, 1))
+        tl["loss_pct"].append(round(100.0 * (dexp - dgot) / dexp, 3) if dexp > 0 else None)
+        tl["generator_cpu_pct"].append(round(100.0 * gen, 1))
+        reh._server_sample(m, dt)
+        if now >= next_progress:
+            next_progress += a.progress
+            exp = sum((p["status"] or {}).get("expected", 0) for p in procs)
+            got = sum((p["status"] or {}).get("received", 0) for p in procs)
+            fz = sum((p["status"] or {}).get("freezes", 0) for p in procs)
+            failed = sum((p["status"] or {}).get("failed", 0) for p in procs)
+            cpu = tl["server_cpu_pct"][-1]
+            up = tl["hub_uplink_kbps"][-1]
+            print(f"[{tl['t'][-1]:6.1f}s] joined {joined}/{len(reh.specs)}" + (f" ({failed} failed)" if failed else "")
+                  + f", media flowing {flowing}/{len(reh.specs)}, received {tl['rx_kbps'][-1] / 1000:.1f} Mbit/s, "
+                  f"loss so far {100.0 * (exp - got) / exp if exp else 0.0:.2f}%, freezes {fz}"
+                  + (f", server CPU {cpu:.0f}%" if cpu is not None else "")
+                  + (f", hub uplink {up / 1000:.1f} Mbit/s" if up is not None else "")
+                  + f", {len(procs)} generator processes at {100 * gen:.0f}% CPU in all", flush=True)
 
 
 def _r(v: Optional[float], nd: int) -> Optional[float]:
@@ -947,7 +1135,10 @@ async def rehearse(args: argparse.Namespace) -> dict:
         try:
             reh = Rehearsal(args, server, specs)
             print(f"media: {reh.media.describe()}", flush=True)
-            result = await reh.run(http)
+            if args.processes > 1:
+                result = await run_processes(reh, http, args.processes)
+            else:
+                result = await reh.run(http)
         finally:
             await server.stop()
     if args.compare_janus:

@@ -166,3 +166,24 @@ def test_struggle_reasons_name_the_cause() -> None:
     fine = dict(summary, loss_pct=0.1, own_link_loss_pct=0.1, stage_layer_max=2)
     assert struggles(dict(base, summary=fine), simulcast=True) == []
     assert struggles(dict(base, joined=False, error="TimeoutError", summary={}), simulcast=True)
+
+
+@pytest.mark.slow
+async def test_rehearsal_over_two_generator_processes(tmp_path: Path) -> None:
+    """--processes 2: the sites live in two worker processes; the parent merges their figures."""
+    args = _args(["--server", "inprocess", "--sites", "4", "--seconds", "4", "--join-rate", "4", "--settle", "1",
+                  "--mix", "lan", "--processes", "2", "--out", str(tmp_path)])
+    result = await rehearse(args)
+    tot = result["totals"]
+    assert tot["generator_processes"] == 2
+    assert tot["sites"] == 4 and tot["joined"] == 4, tot
+    assert [s["site_id"] for s in result["sites"]][0] == "hub"  # merged back in join order
+    assert all(s["summary"]["packets"] > 0 for s in result["sites"])
+    # the parent's timeline adds up what the workers reported, and the server's egress is read here
+    assert max(result["timeline"]["joined"]) == 4
+    assert max(x or 0 for x in result["timeline"]["rx_kbps"]) > 0
+    assert result["server"]["packets_out"] > 0
+    forwarded, at_sites = result["server"]["packets_out"], result["server"]["forwarded_at_sites"]
+    assert abs(forwarded - at_sites) <= max(100, 0.05 * forwarded), (forwarded, at_sites)
+    _, hp = write_outputs(result, tmp_path)
+    assert hp.read_text(encoding="utf-8").count("<svg") >= 6
