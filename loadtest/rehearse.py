@@ -297,6 +297,7 @@ class SiteSeries:
     layer: list = field(default_factory=list)  # stage slot's layer (server's link_stats), None = none
     rid: list = field(default_factory=list)
     paused: list = field(default_factory=list)  # paused video slots
+    stage_paused: list = field(default_factory=list)  # True/False: the stage slot paused; None: not known yet
     estimate_kbps: list = field(default_factory=list)
 
 
@@ -349,6 +350,14 @@ def _stage_view(st: SiteState) -> tuple[Optional[int], Optional[str], int, int, 
         filled = sum(1 for x in ls.get("receiving") or [] if x.get("kind") == "video")
         st.filled_max = max(st.filled_max, filled)
     return out
+
+
+def _stage_paused(st: SiteState) -> Optional[bool]:
+    ls = st.site.peer.link_stats
+    if not ls or not ls.get("media"):
+        return None
+    stage = next((x for x in ls.get("receiving") or [] if x.get("kind") == "video" and x.get("index") == 0), None)
+    return None if stage is None else bool(stage.get("paused"))
 
 
 def _stage_view_inner(st: SiteState) -> tuple[Optional[int], Optional[str], int, int, Optional[float]]:
@@ -516,6 +525,7 @@ class Rehearsal:
             s.layer.append(layer)
             s.rid.append(rid)
             s.paused.append(paused)
+            s.stage_paused.append(_stage_paused(st))
             s.estimate_kbps.append(round(est, 1) if est else None)
             if layers:
                 st.layers_seen = max(st.layers_seen, layers)
@@ -707,7 +717,7 @@ class Rehearsal:
                 "stage_layer_min": min(known) if known else None,
                 "stage_layer_max": max(known) if known else None,
                 "stage_rid_top": _top_rid(st.stage_rids),
-                "stage_paused_share": round(sum(1 for x in layers if x is None) / len(layers), 3) if layers else None,
+                "stage_paused_share": _share(st.series.stage_paused[n0:]),
                 "paused_slots_mean": round(sum(paused) / len(paused), 2) if paused else 0,
                 "estimate_kbps_last": next((x for x in reversed(st.series.estimate_kbps) if x), None),
             }
@@ -977,6 +987,12 @@ async def _sample_processes(reh: Rehearsal, http: aiohttp.ClientSession, procs: 
                   + f", {len(procs)} generator processes at {100 * gen:.0f}% CPU in all", flush=True)
 
 
+def _share(flags: list) -> Optional[float]:
+    """Share of True among the known (not None) samples."""
+    known = [x for x in flags if x is not None]
+    return round(sum(1 for x in known if x) / len(known), 3) if known else None
+
+
 def _r(v: Optional[float], nd: int) -> Optional[float]:
     return None if v is None else round(v, nd)
 
@@ -1002,6 +1018,7 @@ TEXT = {
         "stage_paused": "hình chính bị tạm dừng {pct:.0f}% thời gian: đường truyền {link} không đủ cả lớp thấp nhất",
         "paused": "trung bình {n:.1f}/{m} hình nhỏ bị tạm dừng (thiếu băng thông)",
         "loss": "mất gói {pct:.1f}%",
+        "unlimited": "không giới hạn (máy chủ ước lượng {est:.0f} kbit/s)",
         "loss_elsewhere": "mất gói {pct:.1f}%, phần lớn do đường lên của các điểm cầu khác (trên đường xuống của điểm này {own:.1f}%)",
         "freezes": "{n} lần đứng hình ({s:.1f} s)",
         "uplink": "đường lên {link} chỉ gửi được {sendable} trong khi cần {wanted} (khi điểm cầu này được xem lớn)",
@@ -1014,6 +1031,7 @@ TEXT = {
         "stage_paused": "the main video was paused {pct:.0f}% of the time: link {link} does not fit even the lowest layer",
         "paused": "on average {n:.1f}/{m} thumbnails paused (not enough bandwidth)",
         "loss": "{pct:.1f}% loss",
+        "unlimited": "unlimited (server estimate {est:.0f} kbit/s)",
         "loss_elsewhere": "{pct:.1f}% loss, mostly from other sites' uplinks (on this site's own downlink {own:.1f}%)",
         "freezes": "{n} freezes ({s:.1f} s)",
         "uplink": "uplink {link} carries only {sendable} of the {wanted} asked for (when this site is shown large)",
@@ -1034,7 +1052,10 @@ def struggles(site: dict, simulcast: bool, lang: str = "vi") -> list[str]:
         return [t["no_media"]]
     out = []
     p = site["profile"]
-    link = f"{p['down_kbps']:g} kbit/s" if p.get("down_kbps") else site["link"]
+    if p.get("down_kbps"):
+        link = f"{p['down_kbps']:g} kbit/s"
+    else:  # not limited here: whatever held it back is the server's estimate of the link
+        link = t["unlimited"].format(est=s.get("estimate_kbps_last") or 0)
     stage_paused = s.get("stage_paused_share") or 0.0
     if stage_paused >= 0.25:
         out.append(t["stage_paused"].format(pct=100 * stage_paused, link=link))

@@ -240,8 +240,8 @@ def render_html(result: dict) -> str:
 
     parts.append(layer_strips(
         t["layer_timeline"], t["layer_legend"], xs,
-        [(s["name"], s["series"]["layer"], [lay is None and (s["series"]["paused"][i] or 0) > 0 and s["joined"]
-                                             for i, lay in enumerate(s["series"]["layer"])]) for s in sites],
+        [(s["name"], s["series"]["layer"], [bool(x) for x in s["series"].get("stage_paused") or [False] * len(s["series"]["layer"])])
+         for s in sites],
         t["time"]))
     hub_first = [s for s in sites]
     parts.append(line_chart(t["bitrate"], xs, [(s["name"], s["series"]["rx_kbps"], PALETTE[i % len(PALETTE)],
