@@ -716,7 +716,7 @@ class Rehearsal:
                 "stage_layer_share": {str(k): round(known.count(k) / len(known), 3) for k in sorted(set(known))} if known else {},
                 "stage_layer_min": min(known) if known else None,
                 "stage_layer_max": max(known) if known else None,
-                "stage_rid_top": _top_rid(st.stage_rids),
+                "stage_rid_top": _top_rid([r for r, lay in zip(st.series.rid[n0:], layers) if r and lay is not None]),
                 "stage_paused_share": _share(st.series.stage_paused[n0:]),
                 "paused_slots_mean": round(sum(paused) / len(paused), 2) if paused else 0,
                 "estimate_kbps_last": next((x for x in reversed(st.series.estimate_kbps) if x), None),
