@@ -299,6 +299,8 @@ class SyntheticSite:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         self._consumers.append(asyncio.ensure_future(self._route_rtx()))
         self._consumers.append(asyncio.ensure_future(self._nack_retry()))
+        if self.decode:
+            self._consumers.append(asyncio.ensure_future(self._freeze_watchdog()))
         for t in pc.getTransceivers():
             if t.currentDirection == "recvonly":
                 self._track_seqs(t)
@@ -356,6 +358,56 @@ class SyntheticSite:
                     asked = {k: v for k, v in asked.items() if now - v[0] < 2.0}
         except (asyncio.CancelledError, ConnectionError):
             pass
+
+    async def _freeze_watchdog(self) -> None:
+        """Ask for a keyframe when a video slot receives packets but decodes no frame.
+
+        libwebrtc does this (a frozen decoder requests a keyframe within a second); aiortc
+        only asks when its jitter buffer overflows in a particular way, so after a long gap
+        (a link that was down for seconds) it can sit on undecodable packets until the
+        publisher's next periodic keyframe. A browser would not; neither does this site. It
+        also gives up on packets that never came (libwebrtc's frame buffer skips them once
+        NACKs time out; aiortc's jitter buffer waits for them until it overflows, many
+        seconds at a low packet rate).
+        """
+        assert self.pc is not None
+        state: dict[str, list] = {}  # mid -> [frames, highest seq, stalled since, last PLI]
+        try:
+            while True:
+                await asyncio.sleep(0.25)
+                now = time.monotonic()
+                for t in self.pc.getTransceivers():
+                    rec, tracker = self.received.get(t.mid), self.seqs.get(t.mid)
+                    if t.kind != "video" or rec is None or tracker is None or tracker.highest is None:
+                        continue
+                    st = state.setdefault(t.mid, [rec.frames, tracker.highest, now, 0.0])
+                    if rec.frames != st[0] or tracker.highest == st[1]:
+                        st[0], st[1], st[2] = rec.frames, tracker.highest, now  # decoding, or idle
+                        continue
+                    st[1] = tracker.highest
+                    if now - st[2] > 1.0:
+                        self._skip_missing(t.receiver)
+                    if now - st[2] > 0.5 and now - st[3] > 1.0:
+                        r = t.receiver
+                        rtx = r._RTCRtpReceiver__rtx_ssrc
+                        for ssrc in [s for s in r._RTCRtpReceiver__remote_streams if s not in rtx][:1]:
+                            st[3] = now
+                            await r._send_rtcp_pli(ssrc)
+        except (asyncio.CancelledError, ConnectionError):
+            pass
+
+    @staticmethod
+    def _skip_missing(receiver) -> None:
+        """Move aiortc's jitter buffer past a hole of packets that will never arrive."""
+        jb = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        if jb is None or jb._origin is None:
+            return
+        cap = jb.capacity
+        present = [jb._packets[(jb._origin + k) % cap] is not None for k in range(cap)]
+        hole = present.index(False) if False in present else cap  # first missing packet
+        after = next((k for k in range(hole, cap) if present[k]), None)  # first one after it
+        if after is not None:
+            jb.remove(after)  # drop the frame the hole cut, and the hole
 
     async def _route_rtx(self) -> None:
         """Work around aiortc's client-side BUNDLE routing of RTX.

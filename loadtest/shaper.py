@@ -92,3 +92,59 @@ class LinkImpairment:
 
         ice_transport._send = send
         connection.data_received = data_received
+
+
+class LinkCut:
+    """A site's network drops completely (cable pulled, radio link lost): nothing in or out on
+    its ICE sockets, STUN consent checks and DTLS included, until `restore()`.
+
+    Applied on the client's sockets (aioice protocols) after the connection is up, so the
+    server sees exactly what it would see from a dead link: silence, then the same 5-tuple
+    coming back.
+    """
+
+    def __init__(self) -> None:
+        self.down = False
+        self.dropped_in = 0
+        self.dropped_out = 0
+
+    def attach(self, pc: RTCPeerConnection) -> None:
+        transceivers = pc.getTransceivers()
+        if not transceivers:
+            return
+        connection = transceivers[0].receiver.transport.transport._connection
+        for protocol in connection._protocols:
+            self._wrap(protocol)
+
+    def _wrap(self, protocol) -> None:  # aioice StunProtocol
+        received = protocol.datagram_received
+        transport = protocol.transport
+        sendto = transport.sendto
+        cut = self
+
+        def datagram_received(data: bytes, addr: tuple) -> None:
+            if cut.down:
+                cut.dropped_in += 1
+                return
+            received(data, addr)
+
+        class _Transport:
+            """The datagram transport, with sendto gated by the cut."""
+
+            def __getattr__(self, name: str):
+                return getattr(transport, name)
+
+            def sendto(self, data: bytes, addr=None) -> None:
+                if cut.down:
+                    cut.dropped_out += 1
+                    return
+                sendto(data, addr)
+
+        protocol.datagram_received = datagram_received
+        protocol.transport = _Transport()
+
+    def cut(self) -> None:
+        self.down = True
+
+    def restore(self) -> None:
+        self.down = False

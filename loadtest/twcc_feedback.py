@@ -21,6 +21,10 @@ from media.twcc import build_feedback
 
 EXT_ID = 5  # unused by aiortc's own extensions (1 mid, 2 audio level, 3 abs-send-time)
 INTERVAL = 0.05
+#: libwebrtc's RemoteEstimatorProxy keeps arrivals for 500 ms: after a longer silence (a
+#: link that was down) its next feedback starts at the first packet after the silence, so
+#: the packets lost in an outage are never reported as congestion losses.
+BACK_WINDOW = 0.5
 
 
 def offer_transport_cc(sdp: str, ext_id: int = EXT_ID) -> str:
@@ -46,6 +50,7 @@ class TransportCcResponder:
         self._max: Optional[int] = None  # highest unwrapped seq seen
         self._next: Optional[int] = None  # first unwrapped seq not yet reported
         self._count = 0
+        self._last_arrival = 0.0
         self._task: Optional[asyncio.Task] = None
         self._epoch = time.monotonic()
         self.feedbacks = 0
@@ -95,6 +100,10 @@ class TransportCcResponder:
             unwrapped = self._max + delta if delta < 0x8000 else self._max - (0x10000 - delta)
         if self._next is not None and unwrapped < self._next:
             return  # already reported as lost: too late
+        if self._max is not None and now - self._last_arrival > BACK_WINDOW and unwrapped > self._max:
+            self._next = unwrapped  # after a silence: a new feedback window (see BACK_WINDOW)
+            self.received.clear()
+        self._last_arrival = now
         self.received[unwrapped] = now
         if self._max is None or unwrapped > self._max:
             self._max = unwrapped

@@ -42,6 +42,7 @@ CLOSE_NOT_FOUND = 4404
 CLOSE_CONFLICT = 4409
 CLOSE_PROTOCOL = 4400
 CLOSE_RATE = 4429
+CLOSE_MEDIA = 4408  # the media connection died on the server's side: rejoin
 
 
 class Session:
@@ -283,6 +284,7 @@ class Session:
             return None
         self.transport = transport
         self.negotiated = True
+        transport.on_state = lambda state: self._on_transport_state(transport, state)
         for kind, muted in p.chair_muted.items():
             if muted:
                 self.room.router.set_muted(p.id, kind, True)  # before its first packet arrives
@@ -296,6 +298,15 @@ class Session:
         self.room.updated(self)
         self.room.router.negotiated(transport)
         return transport
+
+    def _on_transport_state(self, transport: Any, state: str) -> None:
+        """The server's end of the site's media connection died (ICE consent expired after a
+        long outage): tell the site to rejoin instead of leaving it joined without media."""
+        if state not in ("failed", "closed") or self.room is None or self.transport is not transport or self._closing:
+            return
+        logger.info("session %s: media connection %s; asking the site to rejoin", self.label, state)
+        self.send({"type": "bye", "reason": "media_failed"})
+        self.close(CLOSE_MEDIA, "media connection lost")
 
     async def _on_media_state(self, msg: dict) -> None:
         self._require_joined()

@@ -406,6 +406,10 @@ export class Conference extends EventTarget {
       // The server is restarting: come back by ourselves, a little after it said to.
       this.attempt = 0;
       this._scheduleReconnect("server_restart", this._byeRetryMs || 0);
+    } else if (bye === "media_failed" || bye === "media_restart") {
+      // The server lost this site's media connection (or the worker carrying it): rejoin at once.
+      this.attempt = 0;
+      this._scheduleReconnect("media_failed");
     } else if (!this._opened && this.reconnectReason === "server_restart" && this.attempt < 6) {
       // Still restarting (about a minute of retries): keep saying so rather than blaming the site's network.
       this._scheduleReconnect("server_restart");
