@@ -135,6 +135,41 @@ class TokenService:
                         self.secret_path, mode)
         self._keys = _parse_secret_file(self.secret_path, text)
         self._by_kid = {_kid(k): k for k in self._keys}
+        self._stamp = self._file_stamp()
+        self._checked = time.monotonic()
+
+    # Rotation without downtime: the running server notices an edited secret file (checked
+    # at most once a second, on use) and takes its keys, so a new first line signs and is
+    # accepted at once and a deleted line stops being accepted, with no restart. A file
+    # that fails to parse mid-edit is ignored (the previous keys stay) and retried.
+    RELOAD_CHECK_S = 1.0
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.secret_path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _maybe_reload(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.RELOAD_CHECK_S:
+            return
+        self._checked = now
+        stamp = self._file_stamp()
+        if stamp is None or stamp == self._stamp:
+            return
+        try:
+            keys = _parse_secret_file(self.secret_path, self.secret_path.read_text(encoding="ascii"))
+        except (OSError, UnicodeDecodeError, SecretFileError) as exc:
+            log.warning("secret file %s changed but cannot be used yet (%s); keeping the previous keys",
+                        self.secret_path, exc)
+            return
+        self._stamp = stamp
+        if keys != self._keys:
+            self._keys = keys
+            self._by_kid = {_kid(k): k for k in keys}
+            log.info("secret file %s reloaded: %d key(s), signing with key %s", self.secret_path, len(keys), _kid(keys[0]))
 
     def issue(
         self, meeting_id: str, site_id: str, role: str, ttl_s: int, name: str | None = None
@@ -157,12 +192,14 @@ class TokenService:
         }
         if name:
             claims["name"] = name
+        self._maybe_reload()
         key = self._keys[0]
         return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": _kid(key)})
 
     def verify(self, token: str) -> Claims:
         if not isinstance(token, str) or not token:
             raise AuthError("auth_invalid", "token missing")
+        self._maybe_reload()
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
