@@ -5,11 +5,10 @@
 # real addresses and no UDP port mapping is needed:
 #   docker run -d --name hoinghi --network host -v hoinghi-data:/data hoinghi
 #
-# Run with published ports instead: WebRTC media uses UDP on ephemeral ports, which the
-# kernel picks from net.ipv4.ip_local_port_range. Narrow that range inside the container
-# to the one you publish, and tell the server which address sites must send media to:
+# Run with published ports instead: media uses UDP ports from the rtc_port_min..max range
+# (40000-40999 in this image, HOINGHI_RTC_PORT_MIN/MAX); publish the same range and tell
+# the server which address sites must send media to:
 #   docker run -d --name hoinghi \
-#     --sysctl net.ipv4.ip_local_port_range="40000 40999" \
 #     -p 8080:8080/tcp -p 40000-40999:40000-40999/udp \
 #     -e HOINGHI_ANNOUNCE_IP=<address of the Docker host as seen by sites> \
 #     -v hoinghi-data:/data hoinghi
@@ -21,7 +20,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    HOINGHI_DATA_DIR=/data
+    HOINGHI_DATA_DIR=/data \
+    HOINGHI_RTC_PORT_MIN=40000 \
+    HOINGHI_RTC_PORT_MAX=40999
 
 WORKDIR /app
 
@@ -50,8 +51,9 @@ USER hoinghi
 VOLUME ["/data"]
 
 EXPOSE 8080/tcp
-# Media: UDP, ephemeral ports (see the sysctl note at the top); 40000-40999 is the range
-# the example above publishes.
+# Media: UDP, every ICE socket inside HOINGHI_RTC_PORT_MIN..MAX (media/network.py).
 EXPOSE 40000-40999/udp
+# docker stop sends SIGTERM: sites are told the server restarts and rejoin by themselves.
+STOPSIGNAL SIGTERM
 
 CMD ["hoinghi", "serve", "--host", "0.0.0.0"]
