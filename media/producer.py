@@ -264,7 +264,12 @@ class RecvStream:
         return rtcp.ReportBlock(self.ssrc, fraction, lost, extended_max, int(self.jitter), lsr, dlsr)
 
     def _new_temporal_layer(self, tid: int) -> None:
-        # until measured, libwebrtc's split of a layer's rate over 2 or 3 temporal layers
+        # until measured, libwebrtc's split of a layer's rate over 2 or 3 temporal layers.
+        # The 2-bit TID field can say 3; no encoder sends four layers, and a stray one must
+        # not leave tl_share shorter than the allocator's steps (found by tests/test_fuzz.py)
+        tid = min(tid, 2)
+        if tid < self.temporal_layers:
+            return
         self.temporal_layers = tid + 1
         self.tl_share = list(TL_DEFAULT_SHARE.get(tid + 1, (1.0,))) + [1.0] * (3 - tid)
 
