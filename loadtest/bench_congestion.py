@@ -11,7 +11,13 @@ queue). Measured, per cap:
   over a steady window;
 - time to climb back: from lifting the cap until 1280x720 frames are decoded again.
 
-    .venv/bin/python -m loadtest.bench_congestion --caps 300,800,2000,5000 --steady 30
+With `--thumbnails N` the meeting is a realistic one: N more sites (synthetic aiortc
+publishers, 320x180 at 15 fps, muted) join after the Chromium site, so the receiver
+shows the Chromium site on the stage (slot 0) and the others as thumbnails. Utilisation is
+then the receiver's whole downlink (stage + thumbnails + audio) over the cap, which is what
+a site's link is for; layer, freezes and switches are the stage's.
+
+    .venv/bin/python -m loadtest.bench_congestion --caps 300,800,2000,5000 --steady 30 --thumbnails 2
 """
 
 from __future__ import annotations
@@ -85,7 +91,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def run(caps_kbps: list[int], steady_s: float, json_path: str | None) -> list[dict]:
+async def run(caps_kbps: list[int], steady_s: float, json_path: str | None, thumbnails: int = 0) -> list[dict]:
     from playwright.async_api import async_playwright
 
     from server.auth import TokenService
@@ -112,15 +118,34 @@ async def run(caps_kbps: list[int], steady_s: float, json_path: str | None) -> l
             page = await browser.new_page()
             await page.goto(f"{url}/site#t={tokens.issue('demo', 'xa-cam', 'site', 3600)}")
             await page.wait_for_function("() => window.hoinghi && window.hoinghi.state === 'connected'", timeout=30000)
+            others = []
+            if thumbnails:
+                # thumbnail sites send what a browser's q layer sends (~150-200 kbit/s), not
+                # aiortc's default 0.5-1.5 Mbit/s (only they encode in this process)
+                from aiortc.codecs import vpx
+
+                vpx.DEFAULT_BITRATE = vpx.MIN_BITRATE = 150_000
+                vpx.MAX_BITRATE = 200_000
+            for i in range(thumbnails):
+                # muted, as most sites of a meeting are: the speaker ranking must not move them
+                # onto the stage ahead of the Chromium site
+                other = SyntheticSite(url, tokens.issue("demo", f"thumb-{i}", "site", 3600), video_size=(320, 180), fps=15,
+                                      publish_audio=False)
+                await other.join()
+                await other.start_media()
+                others.append(other)
             for cap in caps_kbps:
                 results.append(await _one_cap(url, tokens, cap * 1000, steady_s))
                 r = results[-1]
                 print(
                     f"cap {cap:>5} kbit/s: down {r['adapt_down_s']} s, utilisation {r['utilisation']} (of usable {r['utilisation_of_usable']}), "
-                    f"loss {r['loss_pct']} %, freezes {r['freezes']} ({r['freeze_ms']} ms), "
-                    f"switches/min {r['switches_per_min']}, climb back {r['climb_back_s']} s, layer {r['steady_size']}",
+                    f"loss {r['loss_pct']} % (all video {r['loss_all_video_pct']} %), freezes {r['freezes']} ({r['freeze_ms']} ms), "
+                    f"switches/min {r['switches_per_min']}, climb back {r['climb_back_s']} s, layer {r['steady_size']} "
+                    f"at {r['fps']} fps, thumbnails {r['thumbnail_fps']} fps",
                     flush=True,
                 )
+            for other in others:
+                await other.close()
             await browser.close()
     finally:
         server.terminate()
@@ -154,12 +179,22 @@ async def _one_cap(url: str, tokens, cap: float, steady_s: float) -> dict:
         await asyncio.sleep(5)
         mid = site.slot_of(pub_id)["mid"]
         e0, r0 = site.media_loss(mid)
+        mids = [slot["mid"] for slot in site.slots.get("video", []) if slot.get("participant_id")]
+        all0 = [site.media_loss(m) for m in mids]
         p0, q0, b0 = link.passed_down, link.dropped_queue, link.passed_bytes
         t0 = time.monotonic()
         f0 = len(frames)
+        thumbs0 = {p["id"]: (site.track_for(p["id"]).frames if site.track_for(p["id"]) else 0)
+                   for p in site.participants.values() if p["site_id"].startswith("thumb-")}
         await asyncio.sleep(steady_s)
         t1 = time.monotonic()
+        thumb_fps = [
+            round(((site.track_for(pid).frames if site.track_for(pid) else 0) - n0) / (t1 - t0), 1) for pid, n0 in thumbs0.items()
+        ]
         e1, r1 = site.media_loss(mid)
+        all1 = [site.media_loss(m) for m in mids]
+        all_expected = sum(b[0] - a[0] for a, b in zip(all0, all1))
+        all_received = sum(b[1] - a[1] for a, b in zip(all0, all1))
         window = frames[f0:]
         gaps = [b[0] - a[0] for a, b in zip(window, window[1:])]
         freezes = [g for g in gaps if g > 0.5]
@@ -193,6 +228,7 @@ async def _one_cap(url: str, tokens, cap: float, steady_s: float) -> dict:
             "utilisation": round(delivered / cap, 2),
             "utilisation_of_usable": round(delivered / usable, 2),
             "loss_pct": round(100 * (1 - (r1 - r0) / max(1, e1 - e0)), 2),
+            "loss_all_video_pct": round(100 * (1 - all_received / max(1, all_expected)), 2),
             "queue_drop_pct": round(100 * queue_drops / max(1, queue_drops + passed), 2),
             "freezes": len(freezes),
             "freeze_ms": round(sum(freezes) * 1000),
@@ -200,6 +236,7 @@ async def _one_cap(url: str, tokens, cap: float, steady_s: float) -> dict:
             "steady_size": steady_size,
             "fps": round(len(window) / max(1e-6, t1 - t0), 1),
             "climb_back_s": round(climb, 2) if climb is not None else None,
+            "thumbnail_fps": thumb_fps,
         }
     finally:
         stop.set()
@@ -212,10 +249,12 @@ def main() -> None:
     ap.add_argument("--caps", default="300,800,2000,5000", help="downlink caps in kbit/s")
     ap.add_argument("--steady", type=float, default=30.0, help="seconds of steady measurement per cap")
     ap.add_argument("--json", help="write results here")
+    ap.add_argument("--thumbnails", type=int, default=0, help="more publishing sites (synthetic), seen as thumbnails")
     args = ap.parse_args()
     caps = [int(c) for c in args.caps.split(",")]
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}", flush=True)
-    asyncio.run(run(caps, args.steady, args.json))
+    print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
+    asyncio.run(run(caps, args.steady, args.json, args.thumbnails))
 
 
 if __name__ == "__main__":

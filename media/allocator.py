@@ -39,8 +39,10 @@ if TYPE_CHECKING:
 
 NOMINAL_BPS = (150_000, 500_000, 1_500_000)  # per layer, until measured
 AUDIO_MIN_BPS = 32_000  # per audio slot in use, until measured
-UPGRADE_MARGIN = 1.15
+UPGRADE_MARGIN = 1.1
+PEAK_MARGIN = 1.03  # on top of a layer's measured peak (the pacer and the link's queue take the rest)
 UPGRADE_HOLD_S = 1.5
+SPATIAL_UPGRADE_EXTRA = 0.25  # headroom a new spatial layer needs near the link's limit (keyframe burst)
 UPGRADE_BACKOFF_MAX_S = 8.0  # the longest hold after failed upgrades (the climb-back target is 10 s)
 FAILED_UPGRADE_S = 6.0
 DOWNGRADE_GRACE_S = 1.0  # a delay-only dip below what is sent must last this long  # a congestion downgrade this soon after an upgrade means the upgrade failed
@@ -55,11 +57,12 @@ PAUSED: Step = (-1, -1)
 
 
 def layer_rate(stream: "RecvStream", layer: int) -> float:
-    """What forwarding this layer costs: its recent peak rate plus 10 %, or a nominal rate
-    while it is not flowing (e.g. paused at the publisher because nobody received it)."""
+    """What forwarding this layer costs: its recent peak rate (0.5 s windows, decaying: it
+    already holds the keyframes), or a nominal rate while it is not flowing (e.g. paused at
+    the publisher because nobody received it)."""
     nominal = NOMINAL_BPS[min(layer, len(NOMINAL_BPS) - 1)]
     if stream.ssrc is not None and stream.bitrate_peak > 0 and time.monotonic() - stream.last_packet < 1.0:
-        return max(stream.bitrate_peak * 1.1, nominal * 0.25)
+        return max(stream.bitrate_peak * PEAK_MARGIN, nominal * 0.25)
     return nominal
 
 
@@ -183,7 +186,7 @@ class StreamAllocator:
         for c in t.consumers["audio"]:
             p = c.producer
             if p is not None:
-                audio += max(AUDIO_MIN_BPS, 1.2 * max(s.bitrate_peak for s in p.streams))
+                audio += max(AUDIO_MIN_BPS, 1.1 * max(s.bitrate_peak for s in p.streams))
         self.audio_bps = audio
         estimate = t.estimator.estimate
         budget = max(0.0, estimate - audio)
@@ -197,6 +200,15 @@ class StreamAllocator:
         limits = self.limits
         down = self._plan(budget, consumers, keep=0.0 if unproven or not lossy else 0.8, limits=limits)
         up = self._plan(budget / UPGRADE_MARGIN, consumers, limits=limits)
+        new_layers = {c: up[c] for c in consumers if up[c][0] > self.current(c)[0] >= 0}
+        near_limit = now - t.estimator.last_decrease < 10.0  # the link's limit was met lately
+        if new_layers and near_limit and self._cost(up) + SPATIAL_UPGRADE_EXTRA * self._cost(new_layers) > budget:
+            # a new spatial layer starts with a keyframe burst: it needs more headroom than a
+            # temporal step; short of it, climb only within the layers being sent
+            same = {c: max(0, self.current(c)[0]) for c in consumers}
+            if limits is not None:
+                same = {c: min(v, limits.get(c, -1)) for c, v in same.items()}
+            up = self._plan(budget / UPGRADE_MARGIN, consumers, limits=same)
         wanted = self._plan(float("inf"), consumers)
         self.desired_bps = self._cost(wanted) + audio  # what the egress budget sees asked for
         # beyond this point "ideal" is what the budget allows: no probing for the rest
@@ -376,22 +388,33 @@ class StreamAllocator:
             self.probe_wait = min(PROBE_MAX_INTERVAL_S, self.probe_wait * 1.5)
             return
         got.sort()
-        send_span = got[-1][0] - got[0][0]
-        arrivals = sorted(a for _, _, a in got)
-        recv_span = arrivals[-1] - arrivals[0]
-        if send_span <= 0.05 or recv_span <= 0.05:
+        # rates over the last two thirds of the cluster (by send time) only: a token bucket
+        # passes its burst at once, which would make the first packets look like capacity
+        tail = got[len(got) // 3 :]
+        send_span = tail[-1][0] - tail[0][0]
+        by_arrival = sorted(tail, key=lambda g: g[2])
+        recv_span = by_arrival[-1][2] - by_arrival[0][2]
+        if send_span <= 0.03 or recv_span <= 0.03:
             return
-        send_rate = sum(z for _, z, _ in got[:-1]) * 8 / send_span
-        recv_rate = sum(z for _, z, _ in got[1:]) * 8 / recv_span
+        send_rate = sum(z for _, z, _ in tail[:-1]) * 8 / send_span
+        recv_rate = sum(z for _, z, _ in by_arrival[1:]) * 8 / recv_span
         rate = min(send_rate, recv_rate) if recv_rate >= 0.9 * send_rate else 0.95 * recv_rate
-        reached = rate >= 0.9 * pr["target"]
+        # reached: the link kept up with what the cluster really sent (media around it makes
+        # that differ from the target), and that was most of the target
+        reached = recv_rate >= 0.9 * send_rate and rate >= 0.75 * pr["target"]
         self.transport.estimator.on_probe(ProbeResult(rate, expected, len(got)), now, reached)
         self.last_probe_result = (round(rate), round(pr["target"]), expected, len(got))
         if reached:
             self.ceiling = 0.0
             self.probe_successes += 1
             self.probe_wait = 0.5  # still short of what the site should get: probe again soon
-            self.upgrade_since = now - UPGRADE_HOLD_S  # the probe was the proof: upgrade now
+            if rate > 1.5 * (self.allocated_bps + self.audio_bps):
+                # far more than what was sent: the link has changed (a cap lifted), so the
+                # caution learnt from failed upgrades no longer applies
+                self.hold_s = UPGRADE_HOLD_S
+                self.hold_until = 0.0
+            # no upgrade at once on a probe alone: a short cluster through a token bucket
+            # overstates the link by the bucket's burst; the raised estimate must hold first
         else:
             self.ceiling = rate
             self.probe_wait = min(PROBE_MAX_INTERVAL_S, self.probe_wait * 1.5)
