@@ -53,6 +53,7 @@ if os.environ.get("LOCUST_SKIP_MONKEY_PATCH") != "1":
 from loadtest.linkprofile import DEFAULT_MIX, PRESETS, plan_sites, read_registry  # noqa: E402
 
 logger = logging.getLogger("hoinghi.locust")
+_MAIN_PID = os.getpid()  # the process that imported this file; --processes forks the workers from it
 SAMPLE_REGISTRY = Path(__file__).resolve().parents[1] / "server" / "data" / "sites-sample.csv"
 REQUEST_TYPE = "webrtc"
 
@@ -63,7 +64,8 @@ REQUEST_TYPE = "webrtc"
 class AsyncBridge:
     """One asyncio loop in a real OS thread for all the sites of this locust process."""
 
-    def __init__(self) -> None:
+    def __init__(self, poll: bool = False) -> None:
+        self.poll = poll
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, name="hoinghi-asyncio", daemon=True)
         self.thread.start()
@@ -73,10 +75,23 @@ class AsyncBridge:
         self.loop.run_forever()
 
     def call(self, coro: Any, timeout: Optional[float] = None) -> Any:
-        """Run `coro` on the loop; block only the calling greenlet until it is done."""
+        """Run `coro` on the loop; block only the calling greenlet until it is done.
+
+        The greenlet is woken through the gevent hub's thread-safe callback; in a locust
+        process forked by `--processes` that watcher is not re-armed (gevent is not patched, so
+        the fork is a plain os.fork), so there the greenlet polls every 5 ms instead.
+        """
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        if self.poll:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not fut.done():
+                if deadline is not None and time.monotonic() > deadline:
+                    fut.cancel()
+                    raise TimeoutError(f"no result within {timeout} s")
+                gevent.sleep(0.005)
+            return fut.result()
         hub = gevent.get_hub()
         result: AsyncResult = AsyncResult()
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
 
         def deliver(f: Any) -> None:
             try:
@@ -200,9 +215,12 @@ def _init(environment: Any, **_: Any) -> None:
     runner = environment.runner
     if isinstance(runner, WorkerRunner):  # several locust processes: keep their site ids apart
         Shared.prefix = f"w{runner.worker_index}-"
+    if opts.hoinghi_serve and runner is not None and runner.__class__.__name__ != "LocalRunner":
+        raise RuntimeError("--hoinghi-serve starts a server per locust process: with --processes or "
+                           "master/workers, start one server and give its URL with -H")
     if runner is not None and runner.__class__.__name__ == "MasterRunner":
         return  # the master only aggregates
-    Shared.bridge = AsyncBridge()
+    Shared.bridge = AsyncBridge(poll=os.getpid() != _MAIN_PID)
     Shared.bridge.call(_setup(opts, environment.host or ""), timeout=300)
 
 

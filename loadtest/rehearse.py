@@ -1166,6 +1166,9 @@ async def rehearse(args: argparse.Namespace) -> dict:
         from .rehearse_janus import rehearse_janus
 
         result["janus"] = await rehearse_janus(args, specs, result)
+        if args.processes > 1 and not result["janus"].get("error"):
+            result["janus"]["note"] = (result["janus"].get("note", "") + "; the Janus run hosts every site in this one "
+                                       "process (no --processes): compare its generator warnings before its figures")
     return result
 
 
