@@ -373,3 +373,47 @@ async def test_fuzzed_websocket_frames_then_a_normal_site_joins_and_media_flows(
     finally:
         await site.close()
         await hub.close()
+
+
+@pytest.mark.slow
+async def test_mutated_offers_get_an_answer_or_a_reason(hoinghi_server, real_offer):
+    """The answer path (aiortc's setRemoteDescription, our transceiver set-up, gathering)
+    under offers that are almost right: each gets `answer` or `sdp_invalid`, never an internal
+    error, and the server goes on admitting normal sites."""
+    server = hoinghi_server
+    rng = random.Random(5)
+    outcomes = {"answer": 0, "sdp_invalid": 0}
+    async with aiohttp.ClientSession() as http:
+        for n in range(16):
+            ops = [(rng.randint(0, 3), rng.randint(0, 10_000), rng.choice(["", "a=rtcp-mux", "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:0", "a=rid:q send", "a=ssrc:1 cname:x", "a=extmap:99 x", "\x00"])) for _ in range(rng.randint(1, 4))]
+            offer = _mutate(real_offer, ops)
+            ws = await http.ws_connect(server.url.replace("http", "ws") + "/ws")
+            try:
+                await ws.send_str(json.dumps({"type": "join", "token": server.token(f"xa-sdp-{n}")}))
+                assert json.loads((await ws.receive(timeout=5)).data)["type"] == "joined"
+                await ws.send_str(json.dumps({"type": "offer", "id": "o", "sdp": offer}))
+                while True:
+                    body = json.loads((await ws.receive(timeout=15)).data)
+                    if body.get("ref") == "o" and body["type"] != "queued":  # queued: join pacing, wait on
+                        break
+                if body["type"] == "answer":
+                    outcomes["answer"] += 1
+                else:
+                    assert body["type"] == "error" and body["code"] == "sdp_invalid", body
+                    outcomes["sdp_invalid"] += 1
+            finally:
+                await ws.close()
+    print("mutated offers:", outcomes)
+    assert outcomes["sdp_invalid"] > 0 and outcomes["answer"] > 0  # both paths were reached (seeded: 12 and 4)
+    hub = SyntheticSite(server.url, server.token("hub", "hub"), fps=15)
+    site = SyntheticSite(server.url, server.token("xa-after"), publish_video=False, publish_audio=False)
+    try:
+        await hub.join()
+        await hub.start_media()
+        await site.join()
+        await site.start_media()
+        hub_id = hub.joined["participant"]["id"]
+        await _until(lambda: site.track_for(hub_id) is not None and site.track_for(hub_id).frames > 10, 15, "media after the offers")
+    finally:
+        await site.close()
+        await hub.close()
