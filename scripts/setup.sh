@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare a working checkout: virtualenv, hoinghi installed editable with test extras,
-# and Debian's Chromium for the browser tests. Safe to run repeatedly: pip is skipped
+# Debian's Chromium for the browser tests and coturn for the TURN test. Safe to run repeatedly: pip is skipped
 # when pyproject.toml has not changed since the last successful install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,5 +30,16 @@ if [ ! -x /usr/bin/chromium ]; then
     else
         echo "setup: /usr/bin/chromium is missing; browser tests will be skipped. Install it with:" >&2
         echo "  sudo apt-get update -qq && sudo apt-get install -y --no-install-recommends chromium" >&2
+    fi
+fi
+
+# The TURN-over-TLS test (tests/test_turn.py) starts Debian's coturn on loopback.
+if ! command -v turnserver >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ]; then
+        echo "setup: installing coturn"
+        apt-get update -qq && apt-get install -y --no-install-recommends coturn
+    else
+        echo "setup: coturn is missing; the TURN test will be skipped. Install it with:" >&2
+        echo "  sudo apt-get update -qq && sudo apt-get install -y --no-install-recommends coturn" >&2
     fi
 fi
