@@ -587,6 +587,11 @@ class Storage:
                 (meeting_id, site_id, int(value)),
             )
 
+    def clear_site_admissions(self, meeting_id: str) -> None:
+        """Forget who was removed or admitted (the meeting ended: a reopened one starts clean)."""
+        with self._tx() as conn:
+            conn.execute("DELETE FROM meeting_admissions WHERE meeting_id = ?", (meeting_id,))
+
     def ensure_demo(self) -> Meeting:
         """Create the demo meeting, and three demo sites if the registry is empty.
 

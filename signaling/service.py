@@ -170,6 +170,9 @@ class SignalingService:
                 session.close(CLOSE_NOT_FOUND, "meeting ended")
                 await session._leave()
         self.controls.pop(meeting_id, None)
+        clear = getattr(self.storage, "clear_site_admissions", None)
+        if clear is not None:  # removals and the lock's "has been in" list end with the meeting
+            clear(meeting_id)
 
     def room_maybe_empty(self, room: Room) -> None:
         if room.empty and self.rooms.get(room.meeting_id) is room:

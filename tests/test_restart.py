@@ -219,3 +219,28 @@ async def test_joins_during_shutdown_are_refused_as_restarting(tmp_path):
         await late.close()
         await server.close()
         storage.close()
+
+
+async def test_removal_lasts_until_readmit_or_the_meeting_ends(hoinghi_server):
+    """The removed list lives in SQLite: a fresh service on the same database (what a restart
+    builds) still refuses the site; `readmit` and ending the meeting clear it there too."""
+    from signaling.service import SignalingService
+
+    server = hoinghi_server
+    hub = SyntheticSite(server.url, server.token("hub", "hub"), publish_video=False, publish_audio=False)
+    out = SyntheticSite(server.url, server.token("xa-out"), publish_video=False, publish_audio=False)
+    try:
+        await hub.join()
+        await out.join()
+        await _chair(hub, "remove", site_id="xa-out")
+        fresh = SignalingService(server.tokens, server.storage, server.signaling.media)
+        verdict = fresh.admit(server.token("xa-out"))
+        assert verdict.code == "removed"
+        await _chair(hub, "readmit", site_id="xa-out")
+        assert not hasattr(SignalingService(server.tokens, server.storage, server.signaling.media).admit(server.token("xa-out")), "code")
+        await _chair(hub, "remove", site_id="xa-out")
+        await server.signaling.end_meeting("demo", by="hub")
+        assert server.storage.site_admissions("demo") == (set(), set())
+    finally:
+        await hub.close()
+        await out.close()
