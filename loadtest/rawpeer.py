@@ -772,6 +772,14 @@ class RawPeer:
     # ------------------------------------------------------------ RTCP from the SFU
 
     def _on_rtcp(self, data: bytes) -> None:
+        on_sr = getattr(self.receiver, "on_sr", None)
+        if on_sr is not None:  # slots' sender reports: latency from RTP time (loadtest.sitesim)
+            try:
+                for item in rtcp.parse_compound(data):
+                    if isinstance(item, rtcp.SenderReport):
+                        on_sr(item.ssrc, item.ntp, item.rtp_ts)
+            except ValueError:
+                pass
         sc = self.simulcast_source
         if sc is not None:
             try:

@@ -317,6 +317,7 @@ class SiteState:
         self.steady_freezes = 0
         self.steady_freeze_s = 0.0
         self.steady_t: Optional[float] = None
+        self.steady_lat = 0  # latency samples before the steady window
         self.layers_seen = 1
         self.filled_max = 0  # most video slots the server filled at once
         self.stage_rids: list = []
@@ -631,6 +632,7 @@ class Rehearsal:
             st.steady_stage = _stage_bytes(st)
             st.steady_freezes, st.steady_freeze_s = _freezes(st)
             st.steady_t = time.monotonic()
+            st.steady_lat = len(getattr(st.site.receiver, "latency_ms", ()))
             st.steady_packets = self._site_packets(st)
             d = st.site.shaper.down if st.site.shaper else None
             st.steady_link_dropped = d.dropped_rtp if d is not None else 0
@@ -719,6 +721,7 @@ class Rehearsal:
                 "stage_rid_top": _top_rid([r for r, lay in zip(st.series.rid[n0:], layers) if r and lay is not None]),
                 "stage_paused_share": _share(st.series.stage_paused[n0:]),
                 "paused_slots_mean": round(sum(paused) / len(paused), 2) if paused else 0,
+                **_latency_summary(list(getattr(r, "latency_ms", ())[st.steady_lat:])),
                 "estimate_kbps_last": next((x for x in reversed(st.series.estimate_kbps) if x), None),
             }
             ls = site.peer.link_stats or {}
@@ -826,6 +829,7 @@ class Rehearsal:
             "join_s_p50": _pctl(join_times, 50), "join_s_max": join_times[-1] if join_times else None,
             "first_media_s_p50": _pctl(fm, 50), "first_media_s_max": fm[-1] if fm else None,
             "struggling": sum(1 for s in sites if s["struggles"]),
+            **_merged_latency(sums),
         }
         return {
             "tool": "hoinghi rehearse",
@@ -997,6 +1001,50 @@ def _r(v: Optional[float], nd: int) -> Optional[float]:
     return None if v is None else round(v, nd)
 
 
+LATENCY_BIN_MS = 1.0
+LATENCY_BINS = 500  # 0..499 ms, then one overflow bin
+
+
+def _latency_summary(samples: list) -> dict:
+    """Per site: one-way latency (publisher -> SFU -> site, from RTP time and the slots'
+    sender reports) as p50/p99 and a 1 ms histogram, so totals over sites (and over
+    generator processes) merge exactly."""
+    if not samples:
+        return {"latency_ms_p50": None, "latency_ms_p99": None, "latency_hist": []}
+    hist = [0] * (LATENCY_BINS + 1)
+    for v in samples:
+        hist[min(LATENCY_BINS, max(0, int(v / LATENCY_BIN_MS)))] += 1
+    xs = sorted(samples)
+    return {"latency_ms_p50": round(_pctl(xs, 50), 2), "latency_ms_p99": round(_pctl(xs, 99), 2),
+            "latency_samples": len(xs), "latency_hist": _trim(hist)}
+
+
+def _trim(hist: list) -> list:
+    while hist and hist[-1] == 0:
+        hist.pop()
+    return hist
+
+
+def _merged_latency(sums: list) -> dict:
+    total = [0] * (LATENCY_BINS + 1)
+    for x in sums:
+        for i, n in enumerate(x.get("latency_hist") or []):
+            total[i] += n
+    count = sum(total)
+    if not count:
+        return {"latency_ms_p50": None, "latency_ms_p99": None, "latency_samples": 0}
+
+    def q(frac: float) -> float:
+        want, acc = frac * count, 0
+        for i, n in enumerate(total):
+            acc += n
+            if acc >= want:
+                return (i + 0.5) * LATENCY_BIN_MS
+        return LATENCY_BINS * LATENCY_BIN_MS
+
+    return {"latency_ms_p50": q(0.5), "latency_ms_p99": q(0.99), "latency_samples": count}
+
+
 def _pctl(xs: list, q: float) -> Optional[float]:
     if not xs:
         return None
@@ -1103,6 +1151,7 @@ def summary_table(result: dict) -> str:
     sv = result["server"]
     lines.append("-" * len(head))
     lines.append(f"joined {t['joined']}/{t['sites']}, loss {_f(t['loss_pct'], 3)}%, freezes {t['freezes']}, "
+                 f"latency p50 {_f(t.get('latency_ms_p50'), 1)} / p99 {_f(t.get('latency_ms_p99'), 1)} ms, "
                  f"join p50 {_f(t['join_s_p50'], 2)} s (max {_f(t['join_s_max'], 2)}), first media p50 {_f(t['first_media_s_p50'], 2)} s; "
                  f"server CPU {_f(sv.get('cpu_pct_mean'), 0)}%, RSS max {_f(sv.get('rss_mb_max'), 0)} MB, "
                  f"{_f(sv.get('us_per_forwarded_packet'), 1)} us/forwarded pkt, hub uplink mean {_f((sv.get('hub_uplink_kbps_mean') or 0) / 1000, 1)} "

@@ -31,8 +31,11 @@ import asyncio
 import inspect
 import random
 import time
+from array import array
 from collections import deque
 from typing import Any, Callable, Optional
+
+from media.rtcp import NTP_EPOCH_OFFSET
 
 from .linkprofile import LinkProfile, SiteSpec
 from .rawpeer import AUDIO_CLOCK, VIDEO_CLOCK, HoinghiSite, Receiver
@@ -189,7 +192,7 @@ class Track:
     """Header-only measurements of one received SSRC (one slot of a site)."""
 
     __slots__ = ("ssrc", "video", "clock", "bytes", "packets", "jitter", "last_transit", "last_ts", "last_frame",
-                 "frames", "mean_interval", "freezes", "freeze_s", "first_frame", "freeze_at")
+                 "frames", "mean_interval", "freezes", "freeze_s", "first_frame", "freeze_at", "sr_unix", "sr_rtp")
 
     def __init__(self, ssrc: int, video: bool) -> None:
         self.ssrc = ssrc
@@ -207,6 +210,8 @@ class Track:
         self.freeze_s = 0.0
         self.first_frame = 0.0
         self.freeze_at: list[tuple[float, float]] = []  # (monotonic time the frame came, gap s), the first 100
+        self.sr_unix = 0.0  # the slot's last sender report: wall time <-> RTP time (0: none yet)
+        self.sr_rtp = 0
 
 
 class SiteReceiver(Receiver):
@@ -216,6 +221,18 @@ class SiteReceiver(Receiver):
         super().__init__()
         self.tracks: dict[int, Track] = {}
         self.first_media: Optional[float] = None  # time.monotonic() of the first media packet
+        #: one-way latency samples, ms: a frame's first packet's arrival minus its capture time,
+        #: from the RTP timestamp and the slot's sender report (the SFU translates the
+        #: publisher's SRs into each slot's timeline, as a browser's A/V sync relies on). The
+        #: publisher and this receiver share the host's clock, so this is publisher -> SFU ->
+        #: receiver, an upper bound on what the SFU adds.
+        self.latency_ms = array("f")
+
+    def on_sr(self, ssrc: int, ntp: int, rtp_ts: int) -> None:
+        tr = self.tracks.get(ssrc)
+        if tr is not None:
+            tr.sr_unix = (ntp >> 32) - NTP_EPOCH_OFFSET + (ntp & 0xFFFFFFFF) / 4294967296.0
+            tr.sr_rtp = rtp_ts
 
     def on_rtp(self, p: bytes, plain: bool = True) -> None:
         Receiver.on_rtp(self, p, plain)
@@ -243,6 +260,9 @@ class SiteReceiver(Receiver):
         tr.last_transit = transit
         if tr.video and ts != tr.last_ts:
             tr.last_ts = ts
+            if tr.sr_unix and len(self.latency_ms) < 200_000:
+                delta = ((ts - tr.sr_rtp + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+                self.latency_ms.append((time.time() - tr.sr_unix - delta / tr.clock) * 1000.0)
             if tr.frames:
                 gap = now - tr.last_frame
                 mean = tr.mean_interval

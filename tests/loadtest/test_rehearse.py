@@ -62,6 +62,10 @@ async def test_rehearsal_figures_agree_with_what_was_sent(tmp_path: Path) -> Non
         n = len(data["timeline"]["t"])
         assert all(len(v) == n for v in s["series"].values()), s["site_id"]
 
+    # one-way latency from the slots' sender reports: measured at every site, plausible
+    assert tot["latency_samples"] > 100 and 0 < tot["latency_ms_p50"] <= tot["latency_ms_p99"] < 1000, tot
+    assert sum(s["summary"].get("latency_samples") or 0 for s in data["sites"]) == tot["latency_samples"]
+
     # the server's own sent counter against what reached the sites (or their shaped links)
     c = data["consistency"]
     assert c["server_packets_out"] > 0
