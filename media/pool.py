@@ -410,6 +410,7 @@ class TransportProxy:
         self.closed = False
         self.stats_cache: Optional[dict] = None
         self.connected = asyncio.Event()  # ICE + DTLS up in the worker
+        self.on_state: Optional[Callable[[str], None]] = None  # the connection state, as WebRtcTransport's
 
     async def negotiate(self, offer_sdp: str) -> str:
         r = self.router
@@ -559,6 +560,10 @@ class RouterProxy:
                 t.slots_sent = msg["slots"]
                 if self.on_slots is not None:
                     self.on_slots(t, msg["slots"])
+        elif ev == "state":
+            t = self.transports.get(msg["pid"])
+            if t is not None and t.on_state is not None:
+                t.on_state(msg["state"])
         elif ev == "connected":
             t = self.transports.get(msg["pid"])
             if t is not None:

@@ -190,6 +190,7 @@ class Worker:
         pid = msg["pid"]
         reply: dict[str, Any] = {"ev": "reply", "id": msg["id"]}
         t = r.create_transport(pid, msg["site_id"], msg["name"], msg["role"], msg["priority"])
+        t.on_state = lambda state, m=msg["meeting"]: self.send({"ev": "state", "meeting": m, "pid": pid, "state": state})
         try:
             answer = await t.negotiate(msg["sdp"])
         except OfferError as exc:
