@@ -641,6 +641,7 @@ class RouterProxy:
                 "dominant": self.speakers.dominant,
                 "loudness": dict(self.speakers.loudness),
                 "order": list(self.speaker_order),
+                "audible": sorted(self.speakers.audible),
             }
         )
 

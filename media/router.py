@@ -94,12 +94,16 @@ class Router:
         self.reassign()
         return origin
 
-    def apply_speakers(self, dominant: Optional[str], loudness: dict[str, float], order: list[str]) -> None:
+    def apply_speakers(
+        self, dominant: Optional[str], loudness: dict[str, float], order: list[str], audible: Optional[list[str]] = None
+    ) -> None:
         """The control process's speaker decision (worker mode): loudest-K audio and, on a
         change of dominant speaker, the video order follow it here as they would locally."""
         changed = dominant != self.speakers.dominant or order != self.speaker_order
         self.speakers.dominant = dominant
         self.speakers.loudness = loudness
+        if audible is not None:
+            self.speakers.audible = set(audible)
         self.speaker_order = order
         if changed:
             self.reassign()
@@ -151,7 +155,9 @@ class Router:
             return (3, self.speaker_order.index(pid))
         return (4, prio)
 
-    def _candidates(self, kind: str, exclude: str) -> list[Producer]:
+    def _candidates(self, kind: str, exclude: str, present: Optional[set[int]] = None) -> list[Producer]:
+        """Publishers of `kind` for a receiver, best first. `present` (if given) collects
+        every publisher of that kind, also those not ranked (silent sites for audio)."""
         out = []
         for pid, t in self.transports.items():
             if pid == exclude or t.closed:
@@ -163,9 +169,16 @@ class Router:
             p = origin.producers.get(kind)
             if p is not None and not p.closed and pid != exclude:
                 out.append(p)
+        if present is not None:
+            present.update(id(p) for p in out)
         if kind == "audio":
             loud = self.speakers.loudness
             dominant = self.speakers.dominant
+            if len(out) > self.settings.audio_slots:
+                # more publishers than audio slots: only sites that are speaking compete, so
+                # silent sites (ties at zero loudness, room noise) never shuffle the slots
+                audible = self.speakers.audible
+                out = [p for p in out if p.participant_id in audible or p.participant_id == dominant]
             out.sort(key=lambda p: (p.participant_id != dominant, -loud.get(p.participant_id, 0.0), self._rank(p.participant_id)))
         else:
             out.sort(key=lambda p: self._rank(p.participant_id))
@@ -177,7 +190,8 @@ class Router:
             if not t.negotiated or t.closed:
                 continue
             for kind in ("video", "audio"):
-                self._assign(t.consumers[kind], self._candidates(kind, pid))
+                present: set[int] = set()
+                self._assign(t.consumers[kind], self._candidates(kind, pid, present), present)
             if t.connected.is_set():
                 t.allocator.run()
             self._notify(t)
@@ -188,7 +202,8 @@ class Router:
         """Loudest-K audio follows the speech every window; video only on speaker changes."""
         for pid, t in list(self.transports.items()):
             if t.negotiated and not t.closed:
-                self._assign(t.consumers["audio"], self._candidates("audio", pid))
+                present = set()
+                self._assign(t.consumers["audio"], self._candidates("audio", pid, present), present)
                 self._notify(t)
         if self.on_assigned is not None:
             self.on_assigned()
@@ -199,7 +214,7 @@ class Router:
             t.slots_sent = slots
             self.on_slots(t, slots)
 
-    def _assign(self, consumers: list[Consumer], candidates: list[Producer]) -> None:
+    def _assign(self, consumers: list[Consumer], candidates: list[Producer], present: Optional[set[int]] = None) -> None:
         """Slot 0 is the stage: the first candidate (the floor, else the hub), which the client shows large and the allocator lets climb highest.
         The other slots keep whoever is still among the next N-1 candidates (a change of
         speaker moves one site in or out instead of shifting every slot); newcomers take
@@ -207,12 +222,17 @@ class Router:
         if not consumers:
             return
         wanted = candidates[: len(consumers)]
-        stage = wanted[0] if wanted else None
-        consumers[0].assign(stage)
-        rest = wanted[1:]
+        if consumers[0].kind == "audio":
+            # audio has no stage: every slot is equal, so a change in who is loudest moves
+            # nobody who is still among the K loudest (each move is an audible switch)
+            rest, others = wanted, consumers
+        else:
+            stage = wanted[0] if wanted else None
+            consumers[0].assign(stage)
+            rest, others = wanted[1:], consumers[1:]
         keep = set()
         free = []
-        for c in consumers[1:]:
+        for c in others:
             if c.assigned is not None and c.assigned in rest and id(c.assigned) not in keep:
                 keep.add(id(c.assigned))
             else:
@@ -222,6 +242,12 @@ class Router:
                 free.pop(0).assign(p)
                 keep.add(id(p))
         for c in free:
+            p = c.assigned
+            # nobody new needs this slot: a site that merely paused (between sentences, for
+            # audio) keeps it, so slots do not empty and refill with every breath
+            if p is not None and not p.closed and id(p) not in keep and (present is None or id(p) in present):
+                keep.add(id(p))
+                continue
             c.assign(None)
 
     # ---------------------------------------------------------------- publisher layers

@@ -8,7 +8,11 @@ into a loudness (dB above -127 dBov) and a speech flag, keeps a ~1.5 s history p
   after its loudness decays, so a pause between sentences does not reshuffle slots);
 - replaces the dominant speaker only when a challenger has been speaking for most of the
   last second *and* more than the current one over the last 1.5 s: short noises (a cough,
-  a door) never reach that, continuous speech does within about a second.
+  a door) never reach that, continuous speech does within about a second; a new dominant
+  speaker holds for at least 2 s and is replaced only by someone clearly ahead (6 dB or a
+  window more of speech), so two people talking over each other do not flip the stage.
+Only sites that are speaking (`audible`) compete for audio slots when there are more
+publishers than slots: silent sites never shuffle them.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ HISTORY = 8  # windows kept (1.6 s)
 SPEECH_DBOV = -50  # louder than this counts as speech (typical speech -20..-40, room noise < -60)
 CHALLENGE_WINDOWS = 5  # the challenger must speak in >= this many of the last windows (~1 s)
 SMOOTHING = 0.35
+MIN_HOLD_WINDOWS = 10  # a new dominant speaker keeps the stage for at least ~2 s
+SWITCH_MARGIN_DB = 6.0  # ... and is replaced only by someone clearly louder or more active
 
 
 class SpeakerDetector:
@@ -32,9 +38,14 @@ class SpeakerDetector:
         self.loudness: dict[str, float] = {}  # participant id -> smoothed dB above -127 dBov
         self._speech: dict[str, deque] = {}
         self.changes = 0
+        #: sites worth an audio slot now: speaking in the last window, or still loud on average
+        #: (a pause between sentences). Silent sites never take (or shuffle) the loudest-K slots.
+        self.audible: set[str] = set()
+        self._windows_since_change = 1 << 30
 
     def update(self, producers: list["Producer"]) -> bool:
         """Fold one window of audio levels in; True if the dominant speaker changed."""
+        self._windows_since_change += 1
         seen = set()
         for p in producers:
             pid = p.participant_id
@@ -56,6 +67,8 @@ class SpeakerDetector:
                 self._speech.pop(pid, None)
                 if self.dominant == pid:
                     self.dominant = None
+        quiet = 127.0 + SPEECH_DBOV - 20
+        self.audible = {pid for pid, hist in self._speech.items() if (hist and hist[-1]) or self.loudness.get(pid, 0.0) > quiet}
         return self._decide()
 
     def _activity(self, pid: str, windows: int) -> int:
@@ -80,11 +93,14 @@ class SpeakerDetector:
                 return False
             return False
         if self.dominant is not None:
+            if self._windows_since_change < MIN_HOLD_WINDOWS:
+                return False  # two people talking over each other do not flip the stage
             current = self._activity(self.dominant, HISTORY) * 100 + self.loudness.get(self.dominant, 0.0)
-            if current >= best_score:
+            if current + SWITCH_MARGIN_DB >= best_score:
                 return False
         self.dominant = best
         self.changes += 1
+        self._windows_since_change = 0
         return True
 
     def loudest(self, k: int) -> list[str]:

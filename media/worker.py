@@ -164,7 +164,7 @@ class Worker:
         elif op == "mute":
             self.router(msg["meeting"]).set_muted(msg["pid"], msg["kind"], msg["muted"])
         elif op == "speakers":
-            self.router(msg["meeting"]).apply_speakers(msg["dominant"], msg["loudness"], msg["order"])
+            self.router(msg["meeting"]).apply_speakers(msg["dominant"], msg["loudness"], msg["order"], msg.get("audible"))
         elif op == "close_meeting":
             if msg["meeting"] in self.recorders:
                 return  # the recording goes on; the sites will be back (as in-process)
