@@ -43,9 +43,9 @@ UPGRADE_MARGIN = 1.1
 PEAK_MARGIN = 1.03  # on top of a layer's measured peak (the pacer and the link's queue take the rest)
 UPGRADE_HOLD_S = 1.5
 SPATIAL_UPGRADE_EXTRA = 0.25  # headroom a new spatial layer needs near the link's limit (keyframe burst)
-UPGRADE_BACKOFF_MAX_S = 8.0  # the longest hold after failed upgrades (the climb-back target is 10 s)
-FAILED_UPGRADE_S = 6.0
-DOWNGRADE_GRACE_S = 1.0  # a delay-only dip below what is sent must last this long  # a congestion downgrade this soon after an upgrade means the upgrade failed
+UPGRADE_BACKOFF_MAX_S = 20.0  # the longest hold after failed upgrades (a lifted cap resets it)
+FAILED_UPGRADE_S = 15.0  # a congestion downgrade this soon after an upgrade means the upgrade failed
+DOWNGRADE_GRACE_S = 1.0  # a delay-only dip below what is sent must last this long
 PROBE_INTERVAL_S = 2.0
 PROBE_MAX_INTERVAL_S = 4.0  # a lifted cap is found within this (the 10 s climb-back target)
 PROBE_DURATION_S = 0.1  # short: on a link that cannot take the step, a probe costs loss
@@ -99,6 +99,7 @@ class StreamAllocator:
         self.upgraded_at = 0.0  # when the last upgrade was applied
         self.hold_s = UPGRADE_HOLD_S  # grows after failed upgrades
         self.hold_until = 0.0
+        self.failed_bps = 0.0  # what was being sent when an upgrade failed (0: none lately)
         self.budget = 0.0
         self.short_since = 0.0  # since when the estimate has been short of what is sent
         self.switches = 0
@@ -257,10 +258,12 @@ class StreamAllocator:
             # an upgrade undone within seconds was a mistake: wait longer before the next
             if self.upgraded_at and now - self.upgraded_at < FAILED_UPGRADE_S:
                 self.hold_s = min(UPGRADE_BACKOFF_MAX_S, self.hold_s * 2)
+                self.failed_bps = max(self.failed_bps, self.allocated_bps + audio)  # what did not fit
             self.hold_until = now + self.hold_s
             self.upgraded_at = 0.0
         elif self.hold_s > UPGRADE_HOLD_S and now - self.hold_until > 30.0:
             self.hold_s = UPGRADE_HOLD_S  # 30 s without trouble: forgive
+            self.failed_bps = 0.0
         if upgrade:
             if not self.upgrade_since:
                 self.upgrade_since = now
@@ -408,11 +411,12 @@ class StreamAllocator:
             self.ceiling = 0.0
             self.probe_successes += 1
             self.probe_wait = 0.5  # still short of what the site should get: probe again soon
-            if rate > 1.5 * (self.allocated_bps + self.audio_bps):
-                # far more than what was sent: the link has changed (a cap lifted), so the
-                # caution learnt from failed upgrades no longer applies
+            if rate > 1.5 * (self.allocated_bps + self.audio_bps) or (self.failed_bps and rate > 1.25 * self.failed_bps):
+                # far more than what was sent, or than what an upgrade failed at: the link has
+                # changed (a cap lifted), so the caution learnt from failed upgrades is void
                 self.hold_s = UPGRADE_HOLD_S
                 self.hold_until = 0.0
+                self.failed_bps = 0.0
             # no upgrade at once on a probe alone: a short cluster through a token bucket
             # overstates the link by the bucket's burst; the raised estimate must hold first
         else:
