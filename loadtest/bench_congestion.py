@@ -5,7 +5,8 @@ hoinghi server started in its own process. For each cap, a synthetic receiver (r
 ICE/DTLS/SRTP, decodes, transport-cc feedback like a browser) joins uncapped, reaches the
 top layer, then its downlink is capped like `tc tbf` (in-process token bucket, 100 ms
 queue). Measured, per cap:
-- time to adapt down: from the cap until what the server offers fits under it;
+- time to adapt down: from the cap until every decoded frame is of the layer kept (the
+  picture), and until what the server offers fits under the cap in every 0.5 s (the rate);
 - utilisation: delivered bit rate / min(cap, what the top layer needs), loss after
   retransmission, freezes (gaps > 500 ms between decoded frames), layer switches per minute,
   over a steady window;
@@ -138,7 +139,7 @@ async def run(caps_kbps: list[int], steady_s: float, json_path: str | None, thum
                 results.append(await _one_cap(url, tokens, cap * 1000, steady_s))
                 r = results[-1]
                 print(
-                    f"cap {cap:>5} kbit/s: down {r['adapt_down_s']} s, utilisation {r['utilisation']} (of usable {r['utilisation_of_usable']}), "
+                    f"cap {cap:>5} kbit/s: down {r['adapt_down_s']} s (rate {r['rate_down_s']} s), utilisation {r['utilisation']} (of usable {r['utilisation_of_usable']}), "
                     f"loss {r['loss_pct']} % (all video {r['loss_all_video_pct']} %), freezes {r['freezes']} ({r['freeze_ms']} ms), "
                     f"switches/min {r['switches_per_min']}, climb back {r['climb_back_s']} s, layer {r['steady_size']} "
                     f"at {r['fps']} fps, thumbnails {r['thumbnail_fps']} fps",
@@ -210,6 +211,15 @@ async def _one_cap(url: str, tokens, cap: float, steady_s: float) -> dict:
         after_cap = [(t, s) for t, s in frames if t >= t_cap]
         last_other = max((t for t, s in after_cap if t < t0 and s != steady_size), default=None)
         adapt = (last_other - t_cap if last_other is not None else 0.0) if steady_size else None
+        # rate adapted = from when on every 0.5 s the server offers the link no more than the cap
+        # (what the link sees; the picture may still show the old layer, thinned to its base
+        # temporal layer, until the new layer's keyframe)
+        rate_down = 0.0
+        w = t_cap
+        while w + 0.5 <= t0:
+            if meter.rate(meter.offered, w, w + 0.5) > cap:
+                rate_down = w + 0.5 - t_cap
+            w += 0.5
         # lift the cap: time until the top layer is decoded again
         t_lift = time.monotonic()
         link.downstream_bps = None
@@ -223,6 +233,7 @@ async def _one_cap(url: str, tokens, cap: float, steady_s: float) -> dict:
         return {
             "cap_kbps": cap / 1000,
             "adapt_down_s": round(adapt, 2) if adapt is not None else None,
+            "rate_down_s": round(rate_down, 2),
             "offered_kbps": round(offered / 1000),
             "top_layer_kbps": round(top_rate / 1000),
             "utilisation": round(delivered / cap, 2),
