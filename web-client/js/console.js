@@ -306,7 +306,10 @@ export class HubConsole extends PageApp {
     setInterval(() => {
       if (this.tab === "log") this.loadLog();
     }, LOG_POLL_MS);
-    onLangChange(() => this.renderTab());
+    onLangChange(() => {
+      this.renderTab();
+      this.renderEgress(); // the head line too, not only at the next link_stats
+    });
   }
 
   // ----- REST ---------------------------------------------------------------------------
