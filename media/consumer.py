@@ -251,7 +251,8 @@ class Consumer:
         if self.sent_any:
             # continue right after what the subscriber has seen; skip one seq if the last
             # frame was cut short, so its decoder treats that frame as incomplete
-            self.seq_off = (self.last_seq + (1 if self.last_marker else 2) - info.seq) & 0xFFFF
+            # (audio has no frames to cut short: every packet decodes alone, so no skip)
+            self.seq_off = (self.last_seq + (1 if self.last_marker or not self.is_video else 2) - info.seq) & 0xFFFF
             step = max(1, int((now - self.last_send) * self.clock_rate))
             self.ts_off = (self.last_ts + step - info.ts) & 0xFFFFFFFF
             if info.vp8_pid_off >= 0:

@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 SlotsListener = Callable[[WebRtcTransport, dict], None]
 
+AUDIO_KEEP_DB = 6.0  # how much louder a site must be to take an audio slot from a speaking one
+
 
 class Router:
     def __init__(self, meeting_id: str, settings: MediaSettings) -> None:
@@ -155,7 +157,9 @@ class Router:
             return (3, self.speaker_order.index(pid))
         return (4, prio)
 
-    def _candidates(self, kind: str, exclude: str, present: Optional[set[int]] = None) -> list[Producer]:
+    def _candidates(
+        self, kind: str, exclude: str, present: Optional[set[int]] = None, sticky: Optional[set[int]] = None
+    ) -> list[Producer]:
         """Publishers of `kind` for a receiver, best first. `present` (if given) collects
         every publisher of that kind, also those not ranked (silent sites for audio)."""
         out = []
@@ -179,7 +183,15 @@ class Router:
                 # silent sites (ties at zero loudness, room noise) never shuffle the slots
                 audible = self.speakers.audible
                 out = [p for p in out if p.participant_id in audible or p.participant_id == dominant]
-            out.sort(key=lambda p: (p.participant_id != dominant, -loud.get(p.participant_id, 0.0), self._rank(p.participant_id)))
+            held = sticky or set()
+            # a site already in one of this receiver's audio slots keeps it against a
+            # challenger less than AUDIO_KEEP_DB louder: four people talking at once do not
+            # make the three slots trade places every window
+            out.sort(key=lambda p: (
+                p.participant_id != dominant,
+                -(loud.get(p.participant_id, 0.0) + (AUDIO_KEEP_DB if id(p) in held else 0.0)),
+                self._rank(p.participant_id),
+            ))
         else:
             out.sort(key=lambda p: self._rank(p.participant_id))
         return out
@@ -191,7 +203,8 @@ class Router:
                 continue
             for kind in ("video", "audio"):
                 present: set[int] = set()
-                self._assign(t.consumers[kind], self._candidates(kind, pid, present), present)
+                held = {id(c.assigned) for c in t.consumers[kind] if c.assigned is not None}
+                self._assign(t.consumers[kind], self._candidates(kind, pid, present, held), present)
             if t.connected.is_set():
                 t.allocator.run()
             self._notify(t)
@@ -203,7 +216,8 @@ class Router:
         for pid, t in list(self.transports.items()):
             if t.negotiated and not t.closed:
                 present = set()
-                self._assign(t.consumers["audio"], self._candidates("audio", pid, present), present)
+                held = {id(c.assigned) for c in t.consumers["audio"] if c.assigned is not None}
+                self._assign(t.consumers["audio"], self._candidates("audio", pid, present, held), present)
                 self._notify(t)
         if self.on_assigned is not None:
             self.on_assigned()
