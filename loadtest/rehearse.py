@@ -306,6 +306,8 @@ class SiteState:
 
     def __init__(self, site: SimSite) -> None:
         self.site = site
+        self.meter: Any = None  # loadtest.measure.MeasuringReceiver on a viewer-measured site
+        self.viewer: Optional[dict] = None  # its report, taken before the site closes
         self.series = SiteSeries()
         self.prev_bytes = 0
         self.prev_stage = 0
@@ -419,15 +421,27 @@ class Rehearsal:
         ticker.start()
         self.t0 = time.monotonic() - (time.time() - t0_wall if t0_wall is not None else 0.0)
         sampler = asyncio.ensure_future(self._sample_loop(http))
+        # viewers measured by decoding: sites of this process, besides the hub, when the hub's
+        # sender (whose frame clock turns a stamp into a capture time) runs in this process too
+        measured_ix: set[int] = set()
+        if getattr(a, "measure", 0) and self.media.describe().get("media") == "preencoded" and \
+                any(sp.role == "hub" for sp in self.specs):
+            measured_ix = {i for i, sp in enumerate(self.specs) if sp.role != "hub"}
+            measured_ix = set(sorted(measured_ix)[: a.measure])
         try:
             for i, spec in enumerate(self.specs):
                 if spec.site_id not in tokens:
                     raise RuntimeError(f"no join token for site {spec.site_id}")
                 await asyncio.sleep(max(0.0, self.t0 + order[i] / a.join_rate - time.monotonic()))
+                measured = i in measured_ix
                 site = SimSite(spec, http, self.server.url, tokens[spec.site_id], self.media,
-                               decrypt_every=self.decrypt_every, feedback=a.feedback, seed=a.seed + order[i],
-                               queue_ms=a.queue_ms)
+                               decrypt_every=1 if measured else self.decrypt_every, feedback=a.feedback,
+                               seed=a.seed + order[i], queue_ms=a.queue_ms)
                 st = SiteState(site)
+                if measured:
+                    from .measure import MeasuringReceiver
+
+                    st.meter = MeasuringReceiver(site.peer, sample=[0])  # the stage (the floor)
                 self.states.append(st)
                 ticker.peers.append(site.peer)
                 self.join_tasks.append(asyncio.ensure_future(self._join(site)))
@@ -458,6 +472,13 @@ class Rehearsal:
             await ticker.stop()
             for t in self.join_tasks:
                 t.cancel()
+            for st in self.states:
+                if st.meter is not None:
+                    try:
+                        st.viewer = _viewer_summary(st.meter.report())
+                    except Exception:
+                        logger.exception("viewer measurement of %s", st.site.spec.site_id)
+                    st.meter.close()
             await asyncio.gather(*(st.site.close() for st in self.states), return_exceptions=True)
         return self.result()
 
@@ -741,6 +762,8 @@ class Rehearsal:
                     summary["link_dropped"] = dropped
                     arrived = summary["packets"] + dropped
                     summary["own_link_loss_pct"] = round(100.0 * dropped / arrived, 3) if arrived else None
+        if st.viewer is not None:
+            summary["viewer"] = st.viewer
         out["summary"] = summary
         out["series"] = {k: v for k, v in vars(st.series).items()}
         out["struggles"] = struggles(out, self.media_simulcast, self.args.lang)
@@ -830,6 +853,7 @@ class Rehearsal:
             "first_media_s_p50": _pctl(fm, 50), "first_media_s_max": fm[-1] if fm else None,
             "struggling": sum(1 for s in sites if s["struggles"]),
             **_merged_latency(sums),
+            "viewer": _merged_viewer([x["viewer"] for x in sums if x.get("viewer")]),
         }
         return {
             "tool": "hoinghi rehearse",
@@ -1001,6 +1025,42 @@ def _r(v: Optional[float], nd: int) -> Optional[float]:
     return None if v is None else round(v, nd)
 
 
+def _num(v: Any) -> Any:
+    return None if isinstance(v, float) and v != v else v  # NaN -> null (strict JSON)
+
+
+def _viewer_summary(report: dict) -> dict:
+    """What a viewer of the floor saw, from loadtest.measure (decoded pictures, stamps)."""
+    t = report.get("total", {})
+    slot = (report.get("slots") or [{}])[0]
+    lat = t.get("latency_ms", {})
+    return {
+        "frames": t.get("frames", 0),
+        "latency_ms_p50": _num(lat.get("p50")), "latency_ms_p95": _num(lat.get("p95")), "latency_ms_max": _num(lat.get("max")),
+        "latency_samples": lat.get("n", 0),
+        "freezes": t.get("freezes", 0), "frozen_s": t.get("frozen_s", 0.0), "skipped": t.get("skipped", 0),
+        "stamp_errors": t.get("stamp_errors", 0),
+        "fps": _num(slot.get("fps")), "resolutions": slot.get("resolutions"),
+    }
+
+
+def _merged_viewer(views: list) -> Optional[dict]:
+    if not views:
+        return None
+    p50 = sorted(v["latency_ms_p50"] for v in views if v.get("latency_ms_p50") is not None)
+    p95 = sorted(v["latency_ms_p95"] for v in views if v.get("latency_ms_p95") is not None)
+    return {
+        "sites": len(views),
+        "frames": sum(v["frames"] for v in views),
+        "latency_ms_p50_median": p50[len(p50) // 2] if p50 else None,
+        "latency_ms_p95_max": p95[-1] if p95 else None,
+        "freezes": sum(v["freezes"] for v in views),
+        "frozen_s": round(sum(v["frozen_s"] for v in views), 3),
+        "skipped": sum(v["skipped"] for v in views),
+        "stamp_errors": sum(v["stamp_errors"] for v in views),
+    }
+
+
 LATENCY_BIN_MS = 1.0
 LATENCY_BINS = 500  # 0..499 ms, then one overflow bin
 
@@ -1152,7 +1212,9 @@ def summary_table(result: dict) -> str:
     lines.append("-" * len(head))
     lines.append(f"joined {t['joined']}/{t['sites']}, loss {_f(t['loss_pct'], 3)}%, freezes {t['freezes']}, "
                  f"latency p50 {_f(t.get('latency_ms_p50'), 1)} / p99 {_f(t.get('latency_ms_p99'), 1)} ms, "
-                 f"join p50 {_f(t['join_s_p50'], 2)} s (max {_f(t['join_s_max'], 2)}), first media p50 {_f(t['first_media_s_p50'], 2)} s; "
+                 + (f"viewers (decoded, {t['viewer']['sites']} sites): glass-to-glass p50 {_f(t['viewer']['latency_ms_p50_median'], 1)} ms, "
+                    f"{t['viewer']['freezes']} frozen, {t['viewer']['skipped']} skipped frames; " if t.get("viewer") else "")
+                 + f"join p50 {_f(t['join_s_p50'], 2)} s (max {_f(t['join_s_max'], 2)}), first media p50 {_f(t['first_media_s_p50'], 2)} s; "
                  f"server CPU {_f(sv.get('cpu_pct_mean'), 0)}%, RSS max {_f(sv.get('rss_mb_max'), 0)} MB, "
                  f"{_f(sv.get('us_per_forwarded_packet'), 1)} us/forwarded pkt, hub uplink mean {_f((sv.get('hub_uplink_kbps_mean') or 0) / 1000, 1)} "
                  f"/ peak {_f((sv.get('hub_uplink_kbps_peak') or 0) / 1000, 1)} Mbit/s")

@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: pre-encoded simulcast (loadtest.media_source) if present, else synthetic single layer")
     p.add_argument("--no-audio", action="store_true")
     p.add_argument("--talkers", type=int, default=0, help="pre-encoded media: sites besides the hub that talk all the time")
+    p.add_argument("--measure", type=int, default=2,
+                   help="pre-encoded media: this many sites also decode the floor's video and read its stamps "
+                        "(glass-to-glass latency, frozen and skipped frames as a viewer sees them; 0 = none)")
     p.add_argument("--decrypt-every", type=int, default=0,
                    help="light path: sites decrypt 1 RTP packet in K and count the rest from their clear headers "
                         "(0 = auto: 8 with pre-encoded media, whose payload nobody reads; 1 with synthetic, whose "

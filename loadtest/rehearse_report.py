@@ -148,7 +148,10 @@ def layer_strips(title: str, legend: str, xs: Sequence[float], rows: list[tuple[
         y = top + i * row_h
         if row_h >= 10:
             out.append(f'<text x="{left - 4}" y="{y + row_h - 2}" font-size="9" text-anchor="end">{_e(name[:36])}</text>')
-        # run-length encode to keep the SVG small for 164 sites x minutes
+        # run-length encode to keep the SVG small for 164 sites x minutes (a generator
+        # process may have sampled a tick more or less than the parent's timeline)
+        n = min(len(layers), len(paused_flags), len(xs))
+        layers, paused_flags = layers[:n], paused_flags[:n]
         j = 0
         while j < len(layers):
             key = "paused" if paused_flags[j] else layers[j]

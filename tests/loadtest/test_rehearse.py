@@ -65,6 +65,11 @@ async def test_rehearsal_figures_agree_with_what_was_sent(tmp_path: Path) -> Non
     # one-way latency from the slots' sender reports: measured at every site, plausible
     assert tot["latency_samples"] > 100 and 0 < tot["latency_ms_p50"] <= tot["latency_ms_p99"] < 1000, tot
     assert sum(s["summary"].get("latency_samples") or 0 for s in data["sites"]) == tot["latency_samples"]
+    # two sites also decode the floor and read its stamps: what a viewer saw, frame numbers in order
+    viewers = [s["summary"]["viewer"] for s in data["sites"] if s["summary"].get("viewer")]
+    assert len(viewers) == 2 and tot["viewer"]["sites"] == 2, tot.get("viewer")
+    for v in viewers:
+        assert v["frames"] > 20 and v["stamp_errors"] == 0 and 0 < v["latency_ms_p50"] < 1000, v
 
     # the server's own sent counter against what reached the sites (or their shaped links)
     c = data["consistency"]
