@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator
@@ -31,9 +32,10 @@ class RunningServer:
         return self.server.app[SIGNALING_KEY]
 
 
-@pytest.fixture
-async def hoinghi_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    settings = Settings(data_dir=tmp_path, host="127.0.0.1", port=0, announce_ip="127.0.0.1", workers=0)
+@asynccontextmanager
+async def _serve(tmp_path: Path, workers: int) -> AsyncIterator[RunningServer]:
+    """The real app on a loopback port with a fresh SQLite file and the demo meeting."""
+    settings = Settings(data_dir=tmp_path, host="127.0.0.1", port=0, announce_ip="127.0.0.1", workers=workers)
     storage = Storage(settings.db_path)
     storage.ensure_demo()
     tokens = TokenService(settings.secret_path)
@@ -45,20 +47,17 @@ async def hoinghi_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     finally:
         await server.close()
         storage.close()
+
+
+@pytest.fixture
+async def hoinghi_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """Media in the server process itself (workers = 0): exact counters, fast start."""
+    async with _serve(tmp_path, workers=0) as running:
+        yield running
 
 
 @pytest.fixture
 async def hoinghi_workers(tmp_path: Path) -> AsyncIterator[RunningServer]:
     """The server as production runs it: media in two worker processes (media/pool.py)."""
-    settings = Settings(data_dir=tmp_path, host="127.0.0.1", port=0, announce_ip="127.0.0.1", workers=2)
-    storage = Storage(settings.db_path)
-    storage.ensure_demo()
-    tokens = TokenService(settings.secret_path)
-    app = await build_app(settings, storage, tokens)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    try:
-        yield RunningServer(f"http://127.0.0.1:{server.port}", settings, storage, tokens, server)
-    finally:
-        await server.close()
-        storage.close()
+    async with _serve(tmp_path, workers=2) as running:
+        yield running
