@@ -408,6 +408,7 @@ class TransportProxy:
         self.answered = False
         self.negotiated = False
         self.closed = False
+        self.released = False  # its place on the worker was given back (RouterProxy.forget)
         self.stats_cache: Optional[dict] = None
         self.connected = asyncio.Event()  # ICE + DTLS up in the worker
         self.on_state: Optional[Callable[[str], None]] = None  # the connection state, as WebRtcTransport's
@@ -490,10 +491,10 @@ class RouterProxy:
     def forget(self, participant_id: str, transport: Optional[TransportProxy] = None) -> None:
         """Drop a site everywhere (its worker closes the transport, others its twins)."""
         t = self.transports.pop(participant_id, None) or transport
-        if t is not None and getattr(t, "_forgotten", False):
+        if t is not None and t.released:
             t = None  # its worker's count was already given back
         elif t is not None:
-            t._forgotten = True  # type: ignore[attr-defined]
+            t.released = True
         self.participants.pop(participant_id, None)
         self.producer_meta.pop(participant_id, None)
         self._levels.pop(participant_id, None)
