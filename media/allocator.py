@@ -80,9 +80,12 @@ def ladder(streams: list["RecvStream"], top: int) -> list[tuple[Step, float]]:
     out: list[tuple[Step, float]] = []
     for layer in range(min(top, len(streams) - 1) + 1):
         s = streams[layer]
-        # above the lowest layer, never less than half the frame rate: a sharper picture
-        # at 5 fps is worse than a smaller one at 20 (Jitsi prunes on-stage layers by fps too)
-        low = 0 if layer == 0 else max(0, s.temporal_layers - 2)
+        # above the lowest layer only the full frame rate is a resting step: a sharper
+        # picture at half rate sits too close to what a weak link carries (a keyframe
+        # burst then overflows its queue) and looks worse than the smaller one at full rate.
+        # Reduced rates are used on the lowest layer (instead of pausing) and, briefly, to
+        # thin the old layer while a downgrade waits for the lower layer's keyframe.
+        low = 0 if layer == 0 else s.temporal_layers - 1
         tids = list(range(low, s.temporal_layers - 1)) + [ALL_TIDS]
         for tid in tids:
             step = (layer, tid)
