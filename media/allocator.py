@@ -47,9 +47,11 @@ UPGRADE_BACKOFF_MAX_S = 20.0  # the longest hold after failed upgrades (a lifted
 FAILED_UPGRADE_S = 15.0  # a congestion downgrade this soon after an upgrade means the upgrade failed
 DOWNGRADE_GRACE_S = 1.0  # a delay-only dip below what is sent must last this long
 PROBE_INTERVAL_S = 2.0
-PROBE_MAX_INTERVAL_S = 4.0  # a lifted cap is found within this (the 10 s climb-back target)
+PROBE_MAX_INTERVAL_S = 3.0  # a lifted cap is found within this (the 10 s climb-back target)
 PROBE_DURATION_S = 0.1  # short: on a link that cannot take the step, a probe costs loss
 PROBE_TICK_S = 0.01
+CEILING_PROBE = 1.25  # a probe after a failed one aims this far above the rate it failed at
+CEILING_CLEAR = 1.1  # and must be received at least this far above it to count
 THUMBNAIL_MAX_LAYER = 0
 ALL_TIDS = 3  # "every temporal layer" (VP8 TIDs are 2 bits)
 Step = tuple[int, int]  # (spatial layer, highest temporal id); (-1, -1): paused
@@ -119,6 +121,11 @@ class StreamAllocator:
         self.last_probe_result: Optional[tuple] = None
         self.next_step_bps = 0.0
         self.ceiling = 0.0  # received rate of the last failed probe (0: none)
+        # exponential probing (libwebrtc's "probe further"): at the start, and after a probe
+        # that found more than the last known limit, the next probe doubles the estimate
+        # instead of aiming one layer step up, so a fresh or freed link is found in ~2 s
+        self.probe_grow = True
+        self.ideal_bps = 0.0
         self.audio_bps = 0.0
         # Cap set by the hub's EgressBudget (media/budget.py) while the server's own uplink
         # is short: slot -> highest layer allowed (-1: paused); None: no cap.
@@ -217,12 +224,16 @@ class StreamAllocator:
         self.desired_bps = self._cost(wanted) + audio  # what the egress budget sees asked for
         # beyond this point "ideal" is what the budget allows: no probing for the rest
         ideal = self._plan(float("inf"), consumers, limits=limits) if limits is not None else wanted
-        self.deficient = any(down.get(c, PAUSED) < ideal.get(c, PAUSED) for c in consumers)
+        # short of the ideal by the upgrade's rule, not by the bare estimate: an estimate that
+        # just covers the next layer but not its margin must still be probed past, or the
+        # slot would wait below it for good (the estimate cannot grow past 1.5x what is sent)
+        self.deficient = any(up.get(c, PAUSED) < ideal.get(c, PAUSED) for c in consumers)
+        self.ideal_bps = self._cost(ideal) + audio
         self.budget = budget
         # what one more step costs for the first slot that wants more (the probe aims there)
         self.next_step_bps = 0.0
         for c in consumers:
-            have, want = down.get(c, PAUSED), ideal.get(c, PAUSED)
+            have, want = up.get(c, PAUSED), ideal.get(c, PAUSED)
             if have < want and c.producer is not None:
                 streams = c.producer.streams
                 steps = ladder(streams, want[0])
@@ -319,21 +330,25 @@ class StreamAllocator:
             return
         if now - self.last_probe < self.probe_wait or not est.stable(now, 1.0):
             return
-        # aim at the next layer step with the upgrade's margin on top (LiveKit's rule of
-        # thumb): a probe far past the link's capacity only costs loss on a weak link
         # aim at what the next layer step needs, with the upgrade's margin and 10 % more
         # (LiveKit's rule of thumb); resuming a paused slot probes for just its lowest layer
         needed = self.allocated_bps + self.audio_bps + self.next_step_bps
         target = max(needed * UPGRADE_MARGIN * 1.1, est.estimate * 1.1)
+        at_ceiling = 0.0
         if self.ceiling:
-            # the last probe failed at about this rate: probe 10 % above it, so a link that
-            # is still capped loses nothing, and a lifted cap is still found (then climb)
-            target = min(target, max(self.ceiling, est.estimate) * 1.1)
+            # the last probe failed at about this rate: probe a quarter above it, which a
+            # still-capped link's queue absorbs (25 ms of it) and a lifted cap shows clearly
+            at_ceiling = max(self.ceiling, est.estimate)
+            target = at_ceiling * CEILING_PROBE
+        elif self.probe_grow and est.last_decrease <= self.last_probe:
+            # nothing has shown a limit since the last probe got through: double, up to what
+            # every slot at its ideal layer needs (with the upgrade's margin)
+            target = max(target, min(est.estimate * 2.0, self.ideal_bps * UPGRADE_MARGIN * 1.1))
         if target <= est.estimate * 1.05:
             return
         self.last_probe = now
         self.probes += 1
-        self.probe = {"target": target, "start": now, "first": None, "last": None, "sent": 0, "ticks": 0}
+        self.probe = {"target": target, "start": now, "first": None, "last": None, "sent": 0, "ticks": 0, "ceiling": at_ceiling}
         est.probe_window = (now, now + PROBE_DURATION_S + 0.15)
         asyncio.get_running_loop().call_soon(self._probe_tick)
 
@@ -391,6 +406,7 @@ class StreamAllocator:
         if len(got) < max(5, 0.8 * expected):
             self.last_probe_result = ("lost", expected, len(got))
             self.ceiling = self.transport.estimator.estimate * 1.1
+            self.probe_grow = False
             self.probe_wait = min(PROBE_MAX_INTERVAL_S, self.probe_wait * 1.5)
             return
         got.sort()
@@ -408,10 +424,22 @@ class StreamAllocator:
         # reached: the link kept up with what the cluster really sent (media around it makes
         # that differ from the target), and that was most of the target
         reached = recv_rate >= 0.9 * send_rate and rate >= 0.75 * pr["target"]
+        if pr["ceiling"]:
+            # through a token bucket's queue a probe a little over the limit still "arrives"
+            # near the limit: only a rate clearly above the last failure, with nothing lost,
+            # says the link changed; then that is what it measured
+            reached = recv_rate >= CEILING_CLEAR * pr["ceiling"] and len(got) >= 0.95 * expected
+            if reached:
+                rate = min(send_rate, recv_rate)
         self.transport.estimator.on_probe(ProbeResult(rate, expected, len(got)), now, reached)
         self.last_probe_result = (round(rate), round(pr["target"]), expected, len(got))
+        if not reached and pr["ceiling"]:
+            self.probe_wait = min(PROBE_MAX_INTERVAL_S, self.probe_wait * 1.5)
+            self.probe_grow = False
+            return
         if reached:
             self.ceiling = 0.0
+            self.probe_grow = True
             self.probe_successes += 1
             self.probe_wait = 0.5  # still short of what the site should get: probe again soon
             if rate > 1.5 * (self.allocated_bps + self.audio_bps) or (self.failed_bps and rate > 1.25 * self.failed_bps):
@@ -424,4 +452,5 @@ class StreamAllocator:
             # overstates the link by the bucket's burst; the raised estimate must hold first
         else:
             self.ceiling = rate
+            self.probe_grow = False
             self.probe_wait = min(PROBE_MAX_INTERVAL_S, self.probe_wait * 1.5)
