@@ -423,6 +423,10 @@ class SimulcastSource:
         }
 
 
+DTX_HANGOVER = 10  # 200 ms of silence before the encoder stops sending
+DTX_EVERY = 20  # then one frame per 400 ms (libopus's DTX update rate)
+
+
 class OpusLoopSource:
     """One site's microphone: cached Opus packets (speech or silence) with their levels."""
 
@@ -438,9 +442,15 @@ class OpusLoopSource:
         audio_level_id: int = 0,
         talk: Optional[TalkSchedule] = None,
         seed: Optional[int] = None,
+        dtx: bool = False,
     ) -> None:
         self.transport = transport
         self.audio = media.audio
+        #: Opus DTX as libopus does it when the SFU's answer asks for it (usedtx=1): after
+        #: DTX_HANGOVER frames of silence, one frame every DTX_EVERY frames (400 ms)
+        self.dtx = dtx
+        self.silent_run = 0
+        self.dtx_skipped = 0
         self.ssrc = ssrc
         self.talk = talk or TalkSchedule.always()
         items: list[tuple[int, bytes]] = []
@@ -477,8 +487,17 @@ class OpusLoopSource:
                 i = (self.k + self.offset) % len(a.packets)
                 payload, level = a.packets[i], a.levels[i]
                 self.talking_packets += 1
+                self.silent_run = 0
             else:
                 payload, level = a.silence, a.silence_level
+                self.silent_run += 1
+                if self.dtx and self.silent_run > DTX_HANGOVER and (self.silent_run - DTX_HANGOVER) % DTX_EVERY:
+                    # a DTX gap: the timestamp runs on, the sequence number does not
+                    self.dtx_skipped += 1
+                    self.ts = (self.ts + 960) & 0xFFFFFFFF
+                    self.k += 1
+                    due = self.start + self.k * 0.02
+                    continue
             pkt = bytearray(self._tmpl)
             pkt += payload
             _pack_seq_ts(pkt, 2, self.seq, self.ts)

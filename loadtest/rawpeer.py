@@ -79,6 +79,22 @@ async def _no_op(*args: object, **kwargs: object) -> None:
 # --------------------------------------------------------------------------- transport
 
 
+
+def _asks_dtx(sdp: str, mid: Optional[str], payload_type: int) -> bool:
+    """Whether the SFU's answer asks this site's Opus encoder for DTX (usedtx=1), as a
+    browser reads it from the remote description."""
+    current = None
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            current = None
+        elif line.startswith("a=mid:"):
+            current = line[6:].strip()
+        elif line.startswith(f"a=fmtp:{payload_type} ") and (mid is None or current == mid):
+            params = line.split(" ", 1)[1]
+            if any(p.strip() == "usedtx=1" for p in params.split(";")):
+                return True
+    return False
+
 class RawTransport:
     """An aiortc peer connection used for ICE + DTLS + SRTP keys; RTP/RTCP are ours."""
 
@@ -573,6 +589,7 @@ class RawPeer:
         site_id: Optional[str] = None,
         read_stamps: Optional[bool] = None,
         seed: Optional[int] = None,
+        dtx: Optional[bool] = None,
     ) -> None:
         """`media`: send pre-encoded VP8/Opus from this cache (else fake payloads);
         `simulcast`: offer and send all its layers like a browser (needs `media`); without
@@ -588,6 +605,7 @@ class RawPeer:
         self.talk = talk
         self.site_id = site_id
         self.seed = seed
+        self.dtx = dtx  # Opus DTX while silent; None: as the answer asks (usedtx=1), like a browser
         self.simulcast_source: Optional[SimulcastSource] = None
         self.audio_source: Optional[OpusLoopSource] = None
         self.pacer: Optional[MediaPacer] = None
@@ -758,6 +776,7 @@ class RawPeer:
             self.audio_source = OpusLoopSource(
                 self.transport, media, t.sender._ssrc, main.payloadType, mid=t.mid, mid_id=exts.get(URI_MID, 0),
                 audio_level_id=exts.get(URI_AUDIO_LEVEL, 0), talk=self.talk, seed=self.seed,
+                dtx=self.dtx if self.dtx is not None else _asks_dtx(self.answer_sdp, t.mid, main.payloadType),
             )
 
     async def start_media(self, pacer: Optional[MediaPacer] = None) -> None:

@@ -38,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--media", default="auto", choices=("auto", "preencoded", "synthetic"),
                    help="auto: pre-encoded simulcast (loadtest.media_source) if present, else synthetic single layer")
     p.add_argument("--no-audio", action="store_true")
+    p.add_argument("--janus-dtx", choices=("on", "off"), default="on",
+                   help="Opus DTX for the sites sent to Janus (--compare-janus). hoinghi asks every "
+                        "browser for DTX (opus_dtx, on by default) and its sites follow its answer; "
+                        "Janus's room 1234 does not ask, so 'on' sends Janus the same packets")
     p.add_argument("--talkers", type=int, default=0, help="pre-encoded media: sites besides the hub that talk all the time")
     p.add_argument("--measure", type=int, default=2,
                    help="pre-encoded media: this many sites also decode the floor's video and read its stamps "

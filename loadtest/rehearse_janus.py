@@ -85,10 +85,11 @@ class MeasuredSubscriber(JanusSubscriber):
 class JanusSite:
     """One site against Janus: publisher (uplink side) + measured subscriber (downlink side)."""
 
-    def __init__(self, spec: SiteSpec, session: JanusSession, media: Any, queue_ms: float, seed: int) -> None:
+    def __init__(self, spec: SiteSpec, session: JanusSession, media: Any, queue_ms: float, seed: int, dtx: Optional[bool] = None) -> None:
         self.spec = spec
         self.media = media
         kw = dict(media.peer_kwargs(spec))
+        kw["dtx"] = dtx
         self.pub = JanusPublisher(session, spec.name, **kw)
         p = spec.profile
         up = replace(p, down_kbps=None)
@@ -182,7 +183,8 @@ async def rehearse_janus(args: argparse.Namespace, specs: list[SiteSpec], hoingh
             stalls.start()
             t0 = time.monotonic()
             for i, spec in enumerate(specs):
-                site = JanusSite(spec, session, media, args.queue_ms, args.seed + 1000 + i)
+                site = JanusSite(spec, session, media, args.queue_ms, args.seed + 1000 + i,
+                                 dtx=getattr(args, "janus_dtx", "on") == "on")
                 sites.append(site)
             # publishers first, at the join rate
             tasks = []

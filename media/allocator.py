@@ -42,6 +42,8 @@ AUDIO_MIN_BPS = 32_000  # per audio slot in use, until measured
 UPGRADE_MARGIN = 1.1
 PEAK_MARGIN = 1.03  # on top of a layer's measured peak (the pacer and the link's queue take the rest)
 UPGRADE_HOLD_S = 1.5
+QUICK_UPGRADE_HOLD_S = 0.3  # after a probe found far more than is sent (a lifted cap, a start)
+QUICK_UPGRADE_WINDOW_S = 3.0
 SPATIAL_UPGRADE_EXTRA = 0.25  # headroom a new spatial layer needs near the link's limit (keyframe burst)
 UPGRADE_BACKOFF_MAX_S = 20.0  # the longest hold after failed upgrades (a lifted cap resets it)
 FAILED_UPGRADE_S = 15.0  # a congestion downgrade this soon after an upgrade means the upgrade failed
@@ -126,6 +128,7 @@ class StreamAllocator:
         # instead of aiming one layer step up, so a fresh or freed link is found in ~2 s
         self.probe_grow = True
         self.ideal_bps = 0.0
+        self.quick_until = 0.0  # until then an upgrade needs only QUICK_UPGRADE_HOLD_S
         self.audio_bps = 0.0
         # Cap set by the hub's EgressBudget (media/budget.py) while the server's own uplink
         # is short: slot -> highest layer allowed (-1: paused); None: no cap.
@@ -281,7 +284,11 @@ class StreamAllocator:
         if upgrade:
             if not self.upgrade_since:
                 self.upgrade_since = now
-            elif now - self.upgrade_since >= UPGRADE_HOLD_S and now >= self.hold_until and t.estimator.stable(now, 0.5):
+            elif (
+                now - self.upgrade_since >= (QUICK_UPGRADE_HOLD_S if now < self.quick_until else UPGRADE_HOLD_S)
+                and now >= self.hold_until
+                and t.estimator.stable(now, 0.5)
+            ):
                 for c in consumers:
                     if up[c] > self.current(c):
                         self._apply(c, up[c], "congestion" if up[c] < ideal[c] else "budget" if up[c] < wanted[c] else "ok")
@@ -448,8 +455,12 @@ class StreamAllocator:
                 self.hold_s = UPGRADE_HOLD_S
                 self.hold_until = 0.0
                 self.failed_bps = 0.0
-            # no upgrade at once on a probe alone: a short cluster through a token bucket
-            # overstates the link by the bucket's burst; the raised estimate must hold first
+                # a cluster that arrived at 1.5x what is sent is no token bucket's burst
+                # (its tail is read at the bucket's rate): the next upgrade need not wait out
+                # the full hold, which would only add seconds to every step of a climb
+                self.quick_until = now + QUICK_UPGRADE_WINDOW_S
+            # otherwise no quick upgrade on a probe alone: a short cluster through a token
+            # bucket overstates the link by the bucket's burst; the raised estimate must hold
         else:
             self.ceiling = rate
             self.probe_grow = False

@@ -305,21 +305,24 @@ class Router:
 
     def _update_publish_layers(self) -> None:
         """Tell each simulcast publisher which layers are wanted: the lowest always (new
-        viewers and thumbnails start there), any other only while some slot (or recorder)
-        takes it or waits for it, kept for LAYER_IDLE_S after the last one left so a
-        viewer hovering at a threshold does not make the publisher's encoder flap."""
+        viewers and thumbnails start there), and every layer up to the highest that some
+        slot (or recorder) takes or waits for, kept for LAYER_IDLE_S after the last one left
+        so a viewer hovering at a threshold does not make the publisher's encoder flap.
+        Layers below the highest one used stay on (LiveKit's dynacast does the same): a
+        viewer that must step down finds the lower layer running, and its keyframe is one
+        PLI away instead of a resumed encoder's start-up (seconds in Chrome)."""
         now = time.monotonic()
         for t in list(self.transports.values()):
             p = t.producers.get("video")
             if p is None or not p.simulcast or t.closed:
                 continue
-            active = []
+            top = 0
             for i, stream in enumerate(p.streams):
                 if stream.sinks:
                     self._layer_last_used[id(stream)] = now
-                used = now - self._layer_last_used.get(id(stream), -1e9) < self.LAYER_IDLE_S
-                if i == 0 or used:
-                    active.append(stream.rid)
+                if now - self._layer_last_used.get(id(stream), -1e9) < self.LAYER_IDLE_S:
+                    top = i
+            active = [stream.rid for stream in p.streams[: top + 1]]
             if active != t.publish_layers_sent and self.on_publish_layers is not None:
                 t.publish_layers_sent = active
                 self.on_publish_layers(t, "video", active)

@@ -64,6 +64,7 @@ class MediaSettings:
     audio_slots: int = 3
     publisher_max_bitrate: int = 2_500_000  # REMB sent to publishers, bit/s
     start_bitrate_kbps: int = 1000  # x-google-start-bitrate hint in answers
+    opus_dtx: bool = True  # ask publishers for Opus DTX (usedtx=1): silence costs ~2.5 pkt/s
     ice_servers: list[dict] = field(default_factory=list)
     port_range: Optional["network.PortRange"] = None  # None: any UDP port (aioice's default)
 
@@ -203,6 +204,13 @@ class WebRtcTransport:
             if kind == "video":
                 codec = next(c for c in t._codecs if c.mimeType.lower() == CODEC_FOR_KIND[kind])
                 text = add_fmtp(text, section.mid, codec.payloadType, f"x-google-start-bitrate={s.start_bitrate_kbps}")
+            elif kind == "audio" and s.opus_dtx:
+                # usedtx=1 in our answer makes the browser's Opus encoder stop sending during
+                # silence (one packet per 400 ms instead of 50 per second): in a meeting of
+                # 164 sites where 3 speak, that is most of the audio the server would receive
+                codec = next((c for c in t._codecs if c.mimeType.lower() == CODEC_FOR_KIND[kind]), None)
+                if codec is not None:
+                    text = add_fmtp(text, section.mid, codec.payloadType, "usedtx=1")
         self._build(info, by_mid)
         dtls = transceivers[0].receiver.transport
         # packets that slip through aiortc's own path before our fast path is installed

@@ -46,6 +46,7 @@ def media_settings(settings: Settings) -> MediaSettings:
         announce_ip=settings.announce_ip,
         video_slots=settings.video_slots,
         audio_slots=settings.audio_slots,
+        opus_dtx=settings.opus_dtx,
         port_range=PortRange(settings.rtc_port_min, settings.rtc_port_max) if settings.rtc_port_min else None,
     )
 

@@ -61,6 +61,9 @@ class Settings:
     #: The hub's own uplink for media, Mbit/s (0 = unlimited). When what every site could
     #: take exceeds it, layers are lowered across sites by priority (media/budget.py).
     egress_mbps: int = 0
+    #: Ask sites' browsers for Opus DTX (no audio packets during silence, as LiveKit and Jitsi
+    #: do): in a big meeting most sites are silent, so this removes most incoming audio.
+    opus_dtx: bool = True
     #: Join pacing (signaling/joinqueue.py): media set-ups at once, and started per second;
     #: the rest wait in line and are told their place, never refused.
     join_concurrency: int = 12
@@ -242,6 +245,7 @@ _CONVERTERS: dict[str, Any] = {
     "log_level": lambda k, s, v: _to_choice(k, s, v, LOG_LEVELS),
     "log_format": lambda k, s, v: _to_choice(k, s, v, LOG_FORMATS),
     "egress_mbps": lambda k, s, v: _to_int(k, s, v, 0, 1_000_000),
+    "opus_dtx": _to_bool,
     "join_concurrency": lambda k, s, v: _to_int(k, s, v, 1, 1000),
     "joins_per_second": lambda k, s, v: _to_int(k, s, v, 1, 1000),
     "demo_meeting": _to_bool,

@@ -246,6 +246,11 @@ async def test_simulcast_publisher_to_a_measuring_receiver(hoinghi_server, media
     # real audio levels: the talking site is the dominant speaker, the silent one is not
     assert dominant == pub.participant_id
     assert pub.audio_source.talking_packets > 200 and quiet.audio_source.talking_packets == 0
+    # the server's answer asked both for Opus DTX (usedtx=1), which they follow as a browser
+    # does: the silent site sends one packet per 400 ms, the talking one all 50 per second
+    assert "usedtx=1" in quiet.answer_sdp and pub.audio_source.dtx and quiet.audio_source.dtx
+    assert pub.audio_source.dtx_skipped == 0 and quiet.audio_source.dtx_skipped > 5 * quiet.audio_source.packets > 0
+    assert quiet.audio_source.packets < 0.1 * pub.audio_source.packets, (quiet.audio_source.packets, pub.audio_source.packets)
     assert report["rtp"]["bad_srtp"] == 0
 
 
