@@ -406,7 +406,11 @@ class MeasuringReceiver:
                 meter.need_key = True
                 return
             self._inflight += 1
-        self._executor.submit(self._run, meter, data, t, site)
+        try:
+            self._executor.submit(self._run, meter, data, t, site)
+        except RuntimeError:  # closed while the last packets were still arriving
+            with self._lock:
+                self._inflight -= 1
 
     def _run(self, meter: SlotMeter, data: bytes, t: float, site: Optional[str]) -> None:
         try:

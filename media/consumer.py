@@ -126,6 +126,7 @@ class Consumer:
         self._rtx_seq = random.getrandbits(16)
         self._rtx_ssrc_bytes = rtx_ssrc.to_bytes(4, "big") if rtx_ssrc is not None else b""
         self.history: Optional[list] = [None] * HISTORY if self.is_video else None
+        self.unsent = 0  # packets taken back from the pacer queue at a congestion drop
         self._resent_at = [0.0] * HISTORY if self.is_video else None
         self._resent_n = [0] * HISTORY if self.is_video else None
         # statistics
@@ -181,12 +182,36 @@ class Consumer:
         if drop_current and self.source is not None and switching:
             self._detach(self.source)
             self.source = None
+            self._unsend_queued()
         self._target_tid = tid
         if not switching or self.source is None:
             self.set_temporal(tid)
         elif thin_current:
             self.set_temporal(0)
         self.set_source(stream)
+
+    def _unsend_queued(self) -> None:
+        """Take this slot's packets back from the pacer queue and rewind its sequence
+        numbers over them, so the new layer's keyframe follows what the receiver really got
+        (one seq skipped: the last frame it got may be cut short) and nothing it NACKs can
+        bring the old layer's backlog back."""
+        if not self.sent_any:
+            return
+        wire = (self.ssrc.to_bytes(4, "big"),) + ((self._rtx_ssrc_bytes,) if self._rtx_ssrc_bytes else ())
+        taken = self.transport.purge_queued(wire)
+        media = [p for p in taken if p[8:12] == wire[0]]
+        if not media:
+            return
+        history = self.history
+        for p in media:
+            seq = (p[2] << 8) | p[3]
+            if history is not None and history[seq & _MASK] is p:
+                history[seq & _MASK] = None
+            self.packets -= 1
+            self.octets -= len(p) - self.header_len
+        self.last_seq = (((media[0][2] << 8) | media[0][3]) - 1) & 0xFFFF
+        self.last_marker = False
+        self.unsent += len(media)
 
     def set_temporal(self, tid: int) -> None:
         """Forward temporal ids up to `tid` of the current source (3: all); takes effect at

@@ -575,6 +575,26 @@ class WebRtcTransport:
         self._pace_queued_bytes += n
         asyncio.get_running_loop().call_later((n - tokens) / rate, self._pace_drain)
 
+    def purge_queued(self, ssrcs: tuple[bytes, ...]) -> list[bytearray]:
+        """Take back the packets of these SSRCs (4 bytes each, as on the wire) still waiting
+        in the pacer queue. A slot dropped for a lower layer does not need the old layer's
+        backlog: behind a link that just shrank it would hold the new layer's keyframe back
+        for up to PACE_MAX_QUEUE_S (a visible freeze)."""
+        queue = self._pace_queue
+        if not queue:
+            return []
+        kept: deque = deque()
+        taken: list[bytearray] = []
+        for item in queue:
+            if item[0][8:12] in ssrcs:
+                taken.append(item[0])
+                self._pace_queued_bytes -= len(item[0])
+            else:
+                kept.append(item)
+        if taken:
+            self._pace_queue = kept
+        return taken
+
     def _pace_drain(self) -> None:
         queue = self._pace_queue
         rate = self._pace_rate

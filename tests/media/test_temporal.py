@@ -209,3 +209,51 @@ def test_late_packets_fill_their_own_hole_or_go_with_their_frame():
         assert all(s == 1 for s in steps), (seed, [(i, s) for i, s in enumerate(steps) if s != 1])
         # top-layer packets go out only late, into the hole their loss left
         assert len(media) - len(kept) <= sum(1 for _f, tid, _d in flat if tid == 2) * 0.15, seed
+
+
+class _Layer(_Stream):
+    def __init__(self, layer: int) -> None:
+        self.layer = layer
+        self.sinks: list = []
+
+
+async def test_a_congestion_drop_takes_the_old_layers_backlog_back_from_the_pacer():
+    """Behind a link that just shrank, the pacer holds up to a second of the old layer; a slot
+    dropped for a lower layer takes its packets back (the real transport's pacer), and the
+    lower layer's keyframe follows what really left, one seq skipped (a frame cut short)."""
+    from media.transport import MediaSettings, WebRtcTransport
+
+    t = WebRtcTransport(None, "site", MediaSettings())  # type: ignore[arg-type]
+    try:
+        c = Consumer(t, "video", 0, "0", 0xABCD, 100, 90000, None, None)
+        hi, lo = _Layer(2), _Layer(0)
+        c.source = hi  # type: ignore[assignment]
+        hi.sinks.append(c)
+        t.set_pacing(80_000)  # 12.5 kB/s: a burst of 3000 bytes goes out, the rest waits
+        rng = random.Random(3)
+        for packets in _frames(30, rng):
+            for _tid, data in packets:
+                c.write(_info(data), hi, 0.0)  # type: ignore[arg-type]
+        queued = [bytes(p) for p, _ in t._pace_queue]
+        assert len(queued) > 20
+        first_queued = struct.unpack("!H", queued[0][2:4])[0]
+        packets_before = c.packets
+        c.select(lo, drop_current=True, tid=3)  # type: ignore[arg-type]
+        assert not t._pace_queue and t._pace_queued_bytes == 0
+        assert c.unsent == len(queued) and c.packets == packets_before - len(queued)
+        # what the receiver NACKs around the cut finds nothing of the old backlog
+        for p in queued:
+            seq = struct.unpack("!H", p[2:4])[0]
+            h = c.history[seq % len(c.history)]
+            assert h is None or bytes(h) != p
+        # the lower layer's keyframe continues after what left, skipping one seq
+        key = _frames(1, random.Random(4))[0]
+        for _tid, data in key:
+            c.write(_info(data), lo, 0.0)  # type: ignore[arg-type]
+        assert c.source is lo
+        last = t._pace_queue[-1][0] if t._pace_queue else None
+        assert last is not None
+        firsts = [struct.unpack("!H", bytes(p)[2:4])[0] for p, _ in t._pace_queue]
+        assert firsts[0] == (first_queued + 1) & 0xFFFF, (first_queued, firsts)
+    finally:
+        await t.pc.close()
