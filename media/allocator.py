@@ -458,7 +458,10 @@ class StreamAllocator:
                 # a cluster that arrived at 1.5x what is sent is no token bucket's burst
                 # (its tail is read at the bucket's rate): the next upgrade need not wait out
                 # the full hold, which would only add seconds to every step of a climb
-                self.quick_until = now + QUICK_UPGRADE_WINDOW_S
+                if now - self.transport.estimator.last_decrease > 10.0:
+                    # and only away from a limit met lately: near one, the keyframe burst of
+                    # a quick spatial step is what overflows the link's queue
+                    self.quick_until = now + QUICK_UPGRADE_WINDOW_S
             # otherwise no quick upgrade on a probe alone: a short cluster through a token
             # bucket overstates the link by the bucket's burst; the raised estimate must hold
         else:
