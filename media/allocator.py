@@ -296,6 +296,12 @@ class StreamAllocator:
                 self.upgraded_at = now
         else:
             self.upgrade_since = 0.0
+        for c in consumers:
+            if c.target is not None:
+                # a switch waiting for its keyframe: a request refused by the publisher-wide
+                # throttle (another layer asked a moment before) or lost on the way is asked
+                # again here; the stream's own throttle keeps this to one per second
+                c.target.request_keyframe(now)
         self.allocated_bps = self._cost({c: self.current(c) for c in consumers})
         # pace at the estimate, but never below what was just decided to be sent (a stream
         # kept on its only layer over an unproven estimate must not queue up in the pacer)
