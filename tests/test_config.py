@@ -163,3 +163,14 @@ def test_unrelated_env_ignored(tmp_path: Path) -> None:
 def test_unknown_override_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="bogus"):
         load_settings(env={}, overrides={"data_dir": tmp_path, "bogus": 1})
+
+
+def test_opus_dtx_on_by_default_and_off_by_environment(tmp_path: Path) -> None:
+    from server.app import media_settings
+
+    on = load_settings(env={}, overrides={"data_dir": tmp_path})
+    off = load_settings(env={"HOINGHI_OPUS_DTX": "false"}, overrides={"data_dir": tmp_path})
+    assert on.opus_dtx is True and off.opus_dtx is False
+    assert media_settings(on).opus_dtx is True and media_settings(off).opus_dtx is False
+    with pytest.raises(ConfigError, match="opus_dtx"):
+        load_settings(env={"HOINGHI_OPUS_DTX": "maybe"}, overrides={"data_dir": tmp_path})
