@@ -92,7 +92,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def run(caps_kbps: list[int], steady_s: float, json_path: str | None, thumbnails: int = 0) -> list[dict]:
+async def run(caps_kbps: list[int], steady_s: float, json_path: str | None, thumbnails: int = 0, camera: str = "pattern") -> list[dict]:
     from playwright.async_api import async_playwright
 
     from server.auth import TokenService
@@ -115,7 +115,12 @@ async def run(caps_kbps: list[int], steady_s: float, json_path: str | None, thum
     results = []
     try:
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            args = list(CHROMIUM_ARGS)
+            if camera == "textured":
+                from loadtest.camera_file import textured_y4m
+
+                args.append(f"--use-file-for-fake-video-capture={textured_y4m()}")
+            browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=args)
             page = await browser.new_page()
             await page.goto(f"{url}/site#t={tokens.issue('demo', 'xa-cam', 'site', 3600)}")
             await page.wait_for_function("() => window.hoinghi && window.hoinghi.state === 'connected'", timeout=30000)
@@ -261,11 +266,15 @@ def main() -> None:
     ap.add_argument("--steady", type=float, default=30.0, help="seconds of steady measurement per cap")
     ap.add_argument("--json", help="write results here")
     ap.add_argument("--thumbnails", type=int, default=0, help="more publishing sites (synthetic), seen as thumbnails")
+    ap.add_argument("--camera", choices=("pattern", "textured"), default="pattern",
+                    help="Chromium's built-in test pattern (encodes far below the layers' rates), or a "
+                         "textured moving Y4M (loadtest/camera_file.py) that fills them as a real camera does")
     args = ap.parse_args()
     caps = [int(c) for c in args.caps.split(",")]
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}", flush=True)
     print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
-    asyncio.run(run(caps, args.steady, args.json, args.thumbnails))
+    print(f"camera: {args.camera}", flush=True)
+    asyncio.run(run(caps, args.steady, args.json, args.thumbnails, args.camera))
 
 
 if __name__ == "__main__":

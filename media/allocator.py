@@ -55,6 +55,7 @@ PROBE_TICK_S = 0.01
 CEILING_PROBE = 1.25  # a probe after a failed one aims this far above the rate it failed at
 CEILING_CLEAR = 1.1  # and must be received at least this far above it to count
 THUMBNAIL_MAX_LAYER = 0
+BACKLOG_THIN_S = 0.3  # a spatial downgrade thins the old layer only behind less pacer backlog
 ALL_TIDS = 3  # "every temporal layer" (VP8 TIDs are 2 bits)
 Step = tuple[int, int]  # (spatial layer, highest temporal id); (-1, -1): paused
 PAUSED: Step = (-1, -1)
@@ -129,6 +130,7 @@ class StreamAllocator:
         self.probe_grow = True
         self.ideal_bps = 0.0
         self.quick_until = 0.0  # until then an upgrade needs only QUICK_UPGRADE_HOLD_S
+        self._backlog_s = 0.0
         self.audio_bps = 0.0
         # Cap set by the hub's EgressBudget (media/budget.py) while the server's own uplink
         # is short: slot -> highest layer allowed (-1: paused); None: no cap.
@@ -256,6 +258,9 @@ class StreamAllocator:
             self.short_since = 0.0
         elif not self.short_since:
             self.short_since = now
+        # what the pacer still holds, in seconds at the rate it is about to get: a queue built
+        # at the old rate can be seconds long at the new one
+        self._backlog_s = t.pace_queued_bytes() * 8 / max(1.0, estimate * t.PACE_FACTOR)
         urgent = (
             est.loss >= LOSS_LOW
             or estimate < 0.75 * (self.allocated_bps + audio)
@@ -328,7 +333,10 @@ class StreamAllocator:
         if reason == "congestion" and 0 <= layer < c.layer and c.source is not None:
             # until the lower layer's keyframe: the current one at its base temporal layer
             # if that fits next to it, else nothing (the link cannot carry it)
-            thin = step_rate(c.source, (c.source.layer, 0)) <= self.budget
+            # ... and only if the pacer's backlog is short: behind seconds of the old layer
+            # queued at the old rate, thinning would keep the link drowned; dropping takes that
+            # backlog back (Consumer._unsend_queued) and the lower layer's keyframe goes next
+            thin = step_rate(c.source, (c.source.layer, 0)) <= self.budget and self._backlog_s < BACKLOG_THIN_S
             drop = not thin
         c.select(stream, drop_current=drop, tid=tid, thin_current=thin)
 

@@ -193,20 +193,23 @@ class Consumer:
     def _unsend_queued(self) -> None:
         """Take this slot's packets back from the pacer queue and rewind its sequence
         numbers over them, so the new layer's keyframe follows what the receiver really got
-        (one seq skipped: the last frame it got may be cut short) and nothing it NACKs can
-        bring the old layer's backlog back."""
+        (one seq skipped: the last frame it got may be cut short), and forget the old
+        layer's packets so nothing the receiver NACKs brings them back."""
         if not self.sent_any:
             return
+        history = self.history
+        if history is not None:
+            # nor does the receiver get the old layer's lost packets again: on a link that
+            # cannot carry even its base layer, those retransmissions are what would hold
+            # the lower layer's keyframe back (it decodes from the keyframe on anyway)
+            for i in range(len(history)):
+                history[i] = None
         wire = (self.ssrc.to_bytes(4, "big"),) + ((self._rtx_ssrc_bytes,) if self._rtx_ssrc_bytes else ())
         taken = self.transport.purge_queued(wire)
         media = [p for p in taken if p[8:12] == wire[0]]
         if not media:
             return
-        history = self.history
         for p in media:
-            seq = (p[2] << 8) | p[3]
-            if history is not None and history[seq & _MASK] is p:
-                history[seq & _MASK] = None
             self.packets -= 1
             self.octets -= len(p) - self.header_len
         self.last_seq = (((media[0][2] << 8) | media[0][3]) - 1) & 0xFFFF

@@ -575,6 +575,9 @@ class WebRtcTransport:
         self._pace_queued_bytes += n
         asyncio.get_running_loop().call_later((n - tokens) / rate, self._pace_drain)
 
+    def pace_queued_bytes(self) -> int:
+        return self._pace_queued_bytes
+
     def purge_queued(self, ssrcs: tuple[bytes, ...]) -> list[bytearray]:
         """Take back the packets of these SSRCs (4 bytes each, as on the wire) still waiting
         in the pacer queue. A slot dropped for a lower layer does not need the old layer's
