@@ -11,6 +11,7 @@ import pytest
 
 import signaling.room as room_mod
 from loadtest.peer import SyntheticSite
+from testkit import chair, until
 
 pytestmark = pytest.mark.slow
 
@@ -23,34 +24,11 @@ async def _join(server, site_id: str, role: str = "site", media: bool = False, n
     return s
 
 
-async def _chair(hub: SyntheticSite, action: str, **fields) -> dict:
-    """Send a chair action and return its chair_done (or the error it got)."""
-    ref = f"c{time.monotonic_ns()}"
-    done = hub.wait_for("chair_done", 3)
-    err = hub.wait_for("error", 3)
-    await hub.send({"type": "chair", "action": action, "id": ref, **fields})
-    finished, pending = await asyncio.wait([done, err], return_when=asyncio.FIRST_COMPLETED)
-    for p in pending:
-        p.cancel()
-    msg = finished.pop().result()
-    assert msg.get("ref") == ref, msg
-    return msg
-
-
-async def _until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} not met within {timeout} s")
-
-
 async def test_site_token_cannot_chair_and_bad_chair_messages(hoinghi_server):
     hub = await _join(hoinghi_server, "hub", "hub")
     site = await _join(hoinghi_server, "xa-a")
     for action, extra in [("mute_all", {}), ("end", {}), ("remove", {"site_id": "hub"}), ("floor", {"site_id": "xa-a"})]:
-        err = await _chair(site, action, **extra)
+        err = await chair(site, action, **extra)
         assert (err["type"], err["code"], err["fatal"]) == ("error", "forbidden", False), err
         assert "hub or an operator" in err["message"]
     # nothing happened, and the site's connection still works
@@ -63,7 +41,7 @@ async def test_site_token_cannot_chair_and_bad_chair_messages(hoinghi_server):
     for msg, code in [({"action": "mute"}, "invalid_message"), ({"action": "lock", "site_id": "xa-a"}, "invalid_message"),
                       ({"action": "fly"}, "invalid_message"), ({"action": "mute", "participant_id": "nobody"}, "not_found"),
                       ({"action": "floor", "site_id": "not-here"}, "not_found"), ({"action": "roll_call_end"}, "no_roll_call")]:
-        err = await _chair(hub, **msg)
+        err = await chair(hub, **msg)
         assert err["type"] == "error" and err["code"] == code and not err["fatal"], (msg, err)
     bad = site.wait_for("error", 2)
     await site.send({"type": "raise_hand", "raised": "yes"})
@@ -87,39 +65,39 @@ async def test_hand_floor_spotlight_reach_every_site(hoinghi_server):
         msg = await h
         assert (msg["site_id"], msg["participant_id"], msg["raised"], msg["name"]) == ("xa-b", b_id, True, "Xã B")
         assert msg["at"] > 0
-    await _until(lambda: hub.participants.get(b_id, {}).get("hand") is not None, 2, "hand in roster")
+    await until(lambda: hub.participants.get(b_id, {}).get("hand") is not None, 2, "hand in roster")
 
     # giving the floor: a `floor` message within a second; the request to speak is answered
     t0 = time.monotonic()
     floors = [a.wait_for("floor", 1), b.wait_for("floor", 1)]
     lowered = hub.wait_for("hand", 1)
-    done = await _chair(hub, "floor", participant_id=b_id)
+    done = await chair(hub, "floor", participant_id=b_id)
     assert done["type"] == "chair_done" and done["site_id"] == "xa-b"
     for f in floors:
         assert (await f) | {} == {"type": "floor", "participant_id": b_id, "site_id": "xa-b", "name": "Xã B"}
     assert time.monotonic() - t0 < 1.0
     assert (await lowered)["raised"] is False
     assert room.router.floor == b_id and room.control.floor == "xa-b"
-    await _until(lambda: a.slot_of(b_id) is not None, 3, "floor site in a slot")
+    await until(lambda: a.slot_of(b_id) is not None, 3, "floor site in a slot")
 
     # spotlight overrides the floor for what is shown first; clearing it returns to the floor
     a_id = a.joined["participant"]["id"]
     spot = hub.wait_for("spotlight", 1)
-    await _chair(hub, "spotlight", site_id="xa-a")
+    await chair(hub, "spotlight", site_id="xa-a")
     assert (await spot)["participant_id"] == a_id and room.router.floor == a_id
-    await _chair(hub, "spotlight")
+    await chair(hub, "spotlight")
     assert room.router.floor == b_id
 
     # the floor survives a reconnection of its site (a new participant id)
     await b.close()
-    await _until(lambda: room.router.floor is None, 3, "floor freed when the site left")
+    await until(lambda: room.router.floor is None, 3, "floor freed when the site left")
     b2 = await _join(server, "xa-b", media=True, name="Xã B")
     assert b2.joined["floor"]["site_id"] == "xa-b" and b2.joined["floor"]["participant_id"] == b2.joined["participant"]["id"]
-    await _until(lambda: room.router.floor == b2.joined["participant"]["id"], 2, "floor follows the site")
+    await until(lambda: room.router.floor == b2.joined["participant"]["id"], 2, "floor follows the site")
     events = [e.kind for e in server.storage.list_events("demo")]
     assert "hand_raised" in events and "floor" in events and "spotlight" in events
     # the router's dominant speaker reaches everyone (all three bots send a steady tone)
-    await _until(lambda: any(m["type"] == "speaker" and m["participant_id"] for m in a.messages), 5, "a speaker message")
+    await until(lambda: any(m["type"] == "speaker" and m["participant_id"] for m in a.messages), 5, "a speaker message")
     speaker = next(m for m in a.messages if m["type"] == "speaker" and m["participant_id"])
     assert speaker["site_id"] in ("hub", "xa-a", "xa-b") and speaker["name"]
     for s in (hub, a, b2):
@@ -141,16 +119,16 @@ async def test_chair_mute_is_enforced_by_the_server_and_survives_rejoin(hoinghi_
     a = await _join(server, "xa-a", media=True)
     a_id = a.joined["participant"]["id"]
     room = server.signaling.rooms["demo"]
-    await _until(lambda: hub.slot_of(a_id, "audio") is not None, 5, "hub hears a")
+    await until(lambda: hub.slot_of(a_id, "audio") is not None, 5, "hub hears a")
     await asyncio.sleep(1.0)
     flowing = await _audio_packets(hub, a_id)
     assert flowing > 0
 
     told = a.wait_for("muted_by_chair", 1)
-    await _chair(hub, "mute", site_id="xa-a")
+    await chair(hub, "mute", site_id="xa-a")
     assert (await told) | {} == {"type": "muted_by_chair", "kind": "audio", "muted": True}
     assert room.router.transports[a_id].producers["audio"].muted is True
-    await _until(lambda: hub.participants[a_id]["chair_muted"]["audio"] is True, 2, "roster shows the chair mute")
+    await until(lambda: hub.participants[a_id]["chair_muted"]["audio"] is True, 2, "roster shows the chair mute")
     await asyncio.sleep(0.5)
     before = await _audio_packets(hub, a_id)
     await asyncio.sleep(1.5)
@@ -162,20 +140,20 @@ async def test_chair_mute_is_enforced_by_the_server_and_survives_rejoin(hoinghi_
     a = await _join(server, "xa-a", media=True)
     a_id = a.joined["participant"]["id"]
     assert a.joined["participant"]["chair_muted"] == {"audio": True, "video": False}
-    await _until(lambda: a_id in room.router.transports and "audio" in room.router.transports[a_id].producers, 5, "a publishing")
+    await until(lambda: a_id in room.router.transports and "audio" in room.router.transports[a_id].producers, 5, "a publishing")
     assert room.router.transports[a_id].producers["audio"].muted is True
 
     told = a.wait_for("muted_by_chair", 1)
-    await _chair(hub, "unmute", participant_id=a_id)
+    await chair(hub, "unmute", participant_id=a_id)
     assert (await told)["muted"] is False
-    await _until(lambda: hub.slot_of(a_id, "audio") is not None, 5, "hub hears a again")
+    await until(lambda: hub.slot_of(a_id, "audio") is not None, 5, "hub hears a again")
     await asyncio.sleep(1.0)
     before = await _audio_packets(hub, a_id)
     await asyncio.sleep(1.0)
     assert await _audio_packets(hub, a_id) - before > 20
 
     # video too
-    await _chair(hub, "mute", site_id="xa-a", kind="video")
+    await chair(hub, "mute", site_id="xa-a", kind="video")
     assert room.router.transports[a_id].producers["video"].muted is True
     for s in (hub, a):
         await s.close()
@@ -186,39 +164,39 @@ async def test_mute_all_remove_lock(hoinghi_server):
     hub = await _join(server, "hub", "hub")
     a = await _join(server, "xa-a")
     b = await _join(server, "xa-b")
-    await _chair(hub, "floor", site_id="xa-b")
+    await chair(hub, "floor", site_id="xa-b")
     muted = a.wait_for("muted_by_chair", 1)
-    done = await _chair(hub, "mute_all")
+    done = await chair(hub, "mute_all")
     assert done["sites"] == 1  # a; b holds the floor, the hub is the chair
     assert (await muted)["kind"] == "audio"
     late = await _join(server, "xa-c")
     assert late.joined["participant"]["chair_muted"]["audio"] is True and late.joined["all_muted"] is True
     # while "mute all" holds, the floor's end puts its site back on mute
     back = b.wait_for("muted_by_chair", 1)
-    await _chair(hub, "floor")
+    await chair(hub, "floor")
     assert (await back) | {} == {"type": "muted_by_chair", "kind": "audio", "muted": True}
     unmuted = [a.wait_for("muted_by_chair", 1), late.wait_for("muted_by_chair", 1), b.wait_for("muted_by_chair", 1)]
-    assert (await _chair(hub, "unmute_all"))["sites"] == 3
+    assert (await chair(hub, "unmute_all"))["sites"] == 3
     assert [(await u)["muted"] for u in unmuted] == [False, False, False]
 
     # remove: told why, socket closed 4403, refused until readmitted
     bye = a.wait_for("bye", 1)
     left = hub.wait_for("participant_left", 1)
-    await _chair(hub, "remove", site_id="xa-a")
+    await chair(hub, "remove", site_id="xa-a")
     assert (await bye)["reason"] == "removed"
     assert (await left)["participant_id"] == a.joined["participant"]["id"]
-    await _until(lambda: a.ws.closed, 2, "removed socket closed")
+    await until(lambda: a.ws.closed, 2, "removed socket closed")
     assert a.ws.close_code == 4403
     again = SyntheticSite(server.url, server.token("xa-a"), publish_video=False, publish_audio=False)
     with pytest.raises(ConnectionRefusedError, match="removed"):
         await again.join()
     await again.close()
-    await _chair(hub, "readmit", site_id="xa-a")
+    await chair(hub, "readmit", site_id="xa-a")
     a = await _join(server, "xa-a")
 
     # lock: newcomers refused, those already admitted may come back
     locked = [a.wait_for("meeting_locked", 1), b.wait_for("meeting_locked", 1)]
-    await _chair(hub, "lock")
+    await chair(hub, "lock")
     assert [(await x)["locked"] for x in locked] == [True, True]
     stranger = SyntheticSite(server.url, server.token("xa-z"), publish_video=False, publish_audio=False)
     with pytest.raises(ConnectionRefusedError, match="meeting_locked"):
@@ -227,7 +205,7 @@ async def test_mute_all_remove_lock(hoinghi_server):
     await b.close()
     b = await _join(server, "xa-b")
     assert b.joined["meeting"]["locked"] is True
-    await _chair(hub, "unlock")
+    await chair(hub, "unlock")
     stranger = await _join(server, "xa-z")
     for s in (hub, a, b, late, stranger):
         await s.close()
@@ -239,7 +217,7 @@ async def test_roll_call_over_signaling(hoinghi_server):
     a = await _join(server, "xa-a", name="Xã A")
     b = await _join(server, "xa-b")
     calls = [hub.wait_for("roll_call", 2), a.wait_for("roll_call", 2)]
-    done = await _chair(hub, "roll_call_start")
+    done = await chair(hub, "roll_call_start")
     rc = done["roll_call_id"]
     hub_view, a_view = [await c for c in calls]
     assert hub_view["active"] and hub_view["counts"]["no_answer"] == 2  # demo registry: 2 sites expected + 2 connected
@@ -260,9 +238,9 @@ async def test_roll_call_over_signaling(hoinghi_server):
     assert (await asked)["active"] is True
 
     ended = b.wait_for("roll_call", 2)
-    await _chair(hub, "roll_call_end")
+    await chair(hub, "roll_call_end")
     assert (await ended)["active"] is False
-    err = await _chair(b, "roll_call_start")
+    err = await chair(b, "roll_call_start")
     assert err["code"] == "forbidden"
     statuses = {x.site_id: x.status for x in server.storage.attendance(rc)}
     assert statuses == {"xa-a": "present", "xa-b": "no_answer", "xa-c": "no_answer", "district-demo": "absent", "commune-demo": "absent"}
@@ -304,7 +282,7 @@ async def test_link_stats_tell_each_site_what_it_receives(hoinghi_server, monkey
     assert {"rtt_ms", "estimated_bps", "loss_in", "loss_out", "layer", "bitrate_out"} <= set(entry)
 
     # a chair mute shows up as the reason on the receiving side
-    await _chair(hub, "mute", site_id="xa-a", kind="video")
+    await chair(hub, "mute", site_id="xa-a", kind="video")
     msg = await next_stats(hub, lambda m: any(r.get("reason") == "muted_by_chair" for r in m["self"].get("receiving", [])))
     assert any(r["participant_id"] == a_id for r in msg["self"]["receiving"] if r.get("reason") == "muted_by_chair")
     for s in (hub, a):
@@ -346,33 +324,33 @@ async def test_pinned_sites_keep_their_thumbnails(hoinghi_server):
     def shown() -> list:
         return [s["participant_id"] for s in viewer.slots["video"]]
 
-    await _chair(hub, "floor", site_id="xa-a")
-    await _until(lambda: shown() == [pid["xa-a"], pid["xa-b"]], 5, "floor + first joined")
+    await chair(hub, "floor", site_id="xa-a")
+    await until(lambda: shown() == [pid["xa-a"], pid["xa-b"]], 5, "floor + first joined")
     pins = viewer.wait_for("pins", 2)
-    done = await _chair(hub, "pin", site_id="xa-c")
+    done = await chair(hub, "pin", site_id="xa-c")
     assert done["pins"] == ["xa-c"]
     assert (await pins)["pins"] == [{"participant_id": pid["xa-c"], "site_id": "xa-c", "name": "XA-C"}]
-    await _until(lambda: shown() == [pid["xa-a"], pid["xa-c"]], 3, "pinned site in the thumbnail")
+    await until(lambda: shown() == [pid["xa-a"], pid["xa-c"]], 3, "pinned site in the thumbnail")
     assert room.router.pinned == [pid["xa-c"]]
     # a second pin ranks after the first; unpinning the first lets the second in
-    assert (await _chair(hub, "pin", site_id="xa-b"))["pins"] == ["xa-c", "xa-b"]
+    assert (await chair(hub, "pin", site_id="xa-b"))["pins"] == ["xa-c", "xa-b"]
     await asyncio.sleep(0.3)
     assert shown() == [pid["xa-a"], pid["xa-c"]]
-    assert (await _chair(hub, "unpin", participant_id=pid["xa-c"]))["pins"] == ["xa-b"]
-    await _until(lambda: shown() == [pid["xa-a"], pid["xa-b"]], 3, "second pin in the thumbnail")
+    assert (await chair(hub, "unpin", participant_id=pid["xa-c"]))["pins"] == ["xa-b"]
+    await until(lambda: shown() == [pid["xa-a"], pid["xa-b"]], 3, "second pin in the thumbnail")
     # a pin is kept by site: the site reconnects with a new participant id and stays pinned
     await pubs["xa-b"].close()
     pubs["xa-b"] = await publisher("xa-b")
     assert pubs["xa-b"].joined["pins"][0]["site_id"] == "xa-b"
-    await _until(lambda: room.router.pinned == [pubs["xa-b"].joined["participant"]["id"]], 3, "pin follows the site")
+    await until(lambda: room.router.pinned == [pubs["xa-b"].joined["participant"]["id"]], 3, "pin follows the site")
     # at most MAX_PINS; a site cannot pin
-    err = await _chair(pubs["xa-a"], "pin", site_id="xa-c")
+    err = await chair(pubs["xa-a"], "pin", site_id="xa-c")
     assert err["code"] == "forbidden"
     for i in range(7):
-        await _chair(hub, "pin", site_id=f"xa-x{i}")
-    err = await _chair(hub, "pin", site_id="xa-y")
+        await chair(hub, "pin", site_id=f"xa-x{i}")
+    err = await chair(hub, "pin", site_id="xa-y")
     assert err["type"] == "error" and err["code"] == "too_many_pins"
-    assert (await _chair(hub, "unpin_all"))["pins"] == []
+    assert (await chair(hub, "unpin_all"))["pins"] == []
     assert room.router.pinned == []
     events = [e.kind for e in server.storage.list_events("demo")]
     assert "pin" in events and "unpin" in events and "unpin_all" in events

@@ -23,19 +23,11 @@ import pytest
 
 from loadtest.peer import SyntheticSite
 from loadtest.shaper import LinkCut
+from testkit import chair, until
 
 pytestmark = pytest.mark.slow
 
 OUTAGE_S = 12.0  # between the 5 and 20 s of a typical radio/ADSL drop, well under consent's ~30 s
-
-
-async def _until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 def _frames(viewer: SyntheticSite, publisher: SyntheticSite) -> int:
@@ -46,16 +38,7 @@ def _frames(viewer: SyntheticSite, publisher: SyntheticSite) -> int:
 async def _flows(viewer: SyntheticSite, publisher: SyntheticSite, n: int = 10, timeout: float = 15) -> None:
     start = _frames(viewer, publisher)
     name = f"{viewer.joined['participant']['site_id']} receiving {publisher.joined['participant']['site_id']}"
-    await _until(lambda: _frames(viewer, publisher) >= start + n, timeout, name)
-
-
-async def _chair(hub: SyntheticSite, action: str, **fields) -> dict:
-    ref = f"c{time.monotonic_ns()}"
-    done = hub.wait_for("chair_done", 5)
-    await hub.send({"type": "chair", "action": action, "id": ref, **fields})
-    msg = await done
-    assert msg.get("ref") == ref, msg
-    return msg
+    await until(lambda: _frames(viewer, publisher) >= start + n, timeout, name)
 
 
 def _slot0(site: SyntheticSite) -> str | None:
@@ -110,14 +93,14 @@ async def test_transport_the_server_gives_up_on_sends_the_site_to_rejoin(hoinghi
     try:
         await site.join()
         await site.start_media()
-        await _until(lambda: site.pc.connectionState == "connected", 10, "connected")
+        await until(lambda: site.pc.connectionState == "connected", 10, "connected")
         link = LinkCut()
         link.attach(site.pc)
         bye = site.wait_for("bye", 15)
         link.cut()
         msg = await bye
         assert msg["reason"] == "media_failed"
-        await _until(lambda: site.ws.closed, 5, "socket closed by the server")
+        await until(lambda: site.ws.closed, 5, "socket closed by the server")
         assert site.joined["participant"]["id"] not in server.signaling.rooms.get("demo", type("R", (), {"sessions": {}})()).sessions
     finally:
         await site.close()
@@ -126,7 +109,7 @@ async def test_transport_the_server_gives_up_on_sends_the_site_to_rejoin(hoinghi
     try:
         await again.join()
         await again.start_media()
-        await _until(lambda: again.pc.connectionState == "connected", 10, "connected again")
+        await until(lambda: again.pc.connectionState == "connected", 10, "connected again")
     finally:
         await again.close()
 
@@ -143,9 +126,9 @@ async def test_hub_leaves_and_returns_meeting_goes_on(hoinghi_server):
             await p.start_media()
         await asyncio.gather(_flows(a, hub), _flows(b, hub), _flows(a, b), _flows(b, a))
         assert _slot0(b) == "hub"  # no floor: the hub is everyone's stage
-        await _chair(hub, "floor", site_id="xa-a")
-        await _until(lambda: _slot0(b) == "xa-a", 5, "floor on b's stage")
-        await _chair(hub, "mute", site_id="xa-b", kind="audio")
+        await chair(hub, "floor", site_id="xa-a")
+        await until(lambda: _slot0(b) == "xa-a", 5, "floor on b's stage")
+        await chair(hub, "mute", site_id="xa-b", kind="audio")
 
         # the hub's machine dies: no leave message, its sockets just go away
         for task in hub._consumers:
@@ -153,7 +136,7 @@ async def test_hub_leaves_and_returns_meeting_goes_on(hoinghi_server):
         await hub.pc.close()
         await hub.ws.close()
         await hub.http.close()
-        await _until(lambda: not any(s.participant.site_id == "hub" for s in server.signaling.rooms["demo"].sessions.values()), 10, "hub gone")
+        await until(lambda: not any(s.participant.site_id == "hub" for s in server.signaling.rooms["demo"].sessions.values()), 10, "hub gone")
         # the sites carry on between themselves
         await asyncio.gather(_flows(a, b), _flows(b, a))
         assert _slot0(b) == "xa-a"
@@ -167,9 +150,9 @@ async def test_hub_leaves_and_returns_meeting_goes_on(hoinghi_server):
         await asyncio.gather(_flows(back, a), _flows(back, b), _flows(a, back), _flows(b, back))
         assert server.signaling.controls["demo"].is_muted("xa-b", "audio")
         # it chairs again: takes the floor back and is on every stage
-        await _chair(back, "floor")
-        await _until(lambda: _slot0(a) == "hub" and _slot0(b) == "hub", 5, "hub back on the stage")
-        done = await _chair(back, "unmute", site_id="xa-b", kind="audio")
+        await chair(back, "floor")
+        await until(lambda: _slot0(a) == "hub" and _slot0(b) == "hub", 5, "hub back on the stage")
+        done = await chair(back, "unmute", site_id="xa-b", kind="audio")
         assert done["action"] == "unmute"
     finally:
         for p in peers:

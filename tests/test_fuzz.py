@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 
 import aiohttp
 import pytest
@@ -31,6 +30,7 @@ from media.rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, URI_RID, ext_
 from media.sdp import OfferError, inspect_offer
 from media.twcc import parse_feedback
 from signaling.schema import MessageError, validate
+from testkit import until
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KINDS = ext_table({URI_MID: 1, URI_AUDIO_LEVEL: 2, URI_ABS_SEND_TIME: 3, URI_RID: 4})
@@ -213,15 +213,6 @@ def test_inspect_offer_on_random_text(text: str) -> None:
 # ---------------------------------------------------------------- live forwarding core
 
 
-async def _until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what} within {timeout} s")
-
-
 def _graph(router, untouched: set) -> list:
     """The forwarding graph, as identities: every transport's producers and their streams,
     and the slot sources of the transports no garbage was aimed at. (A subscriber's own
@@ -245,7 +236,7 @@ async def test_malformed_packets_at_the_forwarding_core_change_nothing(hoinghi_s
             await p.join()
             await p.start_media()
         hub_id = hub.joined["participant"]["id"]
-        await _until(lambda: all(p.track_for(hub_id) and p.track_for(hub_id).frames > 5 for p in (viewer, bystander)), 15, "media flowing")
+        await until(lambda: all(p.track_for(hub_id) and p.track_for(hub_id).frames > 5 for p in (viewer, bystander)), 15, "media flowing")
         router = server.signaling.rooms["demo"].router
         pub = router.transports[hub_id]
         sub = router.transports[viewer.joined["participant"]["id"]]
@@ -300,7 +291,7 @@ async def test_malformed_packets_at_the_forwarding_core_change_nothing(hoinghi_s
 
         # the real stream still reaches both subscribers, the untouched one included
         marks = {p: p.track_for(hub_id).frames for p in (viewer, bystander)}
-        await _until(lambda: all(p.track_for(hub_id).frames > marks[p] + 10 for p in marks), 15, "media flowing after the fuzz")
+        await until(lambda: all(p.track_for(hub_id).frames > marks[p] + 10 for p in marks), 15, "media flowing after the fuzz")
     finally:
         for p in (hub, viewer, bystander):
             await p.close()
@@ -369,7 +360,7 @@ async def test_fuzzed_websocket_frames_then_a_normal_site_joins_and_media_flows(
     try:
         await site.join()
         await site.start_media()
-        await _until(lambda: site.track_for(hub_id) is not None and site.track_for(hub_id).frames > 10, 15, "media to a normal site after the fuzz")
+        await until(lambda: site.track_for(hub_id) is not None and site.track_for(hub_id).frames > 10, 15, "media to a normal site after the fuzz")
     finally:
         await site.close()
         await hub.close()
@@ -413,7 +404,7 @@ async def test_mutated_offers_get_an_answer_or_a_reason(hoinghi_server, real_off
         await site.join()
         await site.start_media()
         hub_id = hub.joined["participant"]["id"]
-        await _until(lambda: site.track_for(hub_id) is not None and site.track_for(hub_id).frames > 10, 15, "media after the offers")
+        await until(lambda: site.track_for(hub_id) is not None and site.track_for(hub_id).frames > 10, 15, "media after the offers")
     finally:
         await site.close()
         await hub.close()

@@ -25,6 +25,7 @@ import pytest
 from loadtest.peer import SyntheticSite
 from server.auth import TokenService
 from server.storage import Storage
+from testkit import chair
 
 pytestmark = pytest.mark.slow
 
@@ -85,15 +86,6 @@ class ServerProcess:
         return TokenService(self.data_dir / "secret.key").issue("demo", site, role, 600)
 
 
-async def _chair(hub: SyntheticSite, action: str, **fields) -> dict:
-    ref = f"c{time.monotonic_ns()}"
-    done = hub.wait_for("chair_done", 5)
-    await hub.send({"type": "chair", "action": action, "id": ref, **fields})
-    msg = await done
-    assert msg.get("ref") == ref, msg
-    return msg
-
-
 async def _frames_from(viewer: SyntheticSite, publisher: SyntheticSite, n: int = 10, timeout: float = 15) -> None:
     pid = publisher.joined["participant"]["id"]
     deadline = time.monotonic() + timeout
@@ -132,14 +124,14 @@ async def test_restart_keeps_meeting_state_and_sites_come_back(tmp_path):
         await _frames_from(a, hub)
 
         # the chair removes one site, locks the meeting and takes a roll call
-        await _chair(hub, "remove", site_id="xa-out")
-        await _chair(hub, "lock")
-        rc = (await _chair(hub, "roll_call_start"))["roll_call_id"]
+        await chair(hub, "remove", site_id="xa-out")
+        await chair(hub, "lock")
+        rc = (await chair(hub, "roll_call_start"))["roll_call_id"]
         answered = a.wait_for("roll_call", 5)
         await asyncio.sleep(0.2)
         await a.send({"type": "roll_call_answer", "roll_call_id": rc})
         await answered
-        await _chair(hub, "roll_call_end")
+        await chair(hub, "roll_call_end")
 
         # SIGTERM: everyone connected hears why, and the process is gone within seconds, cleanly
         byes = [p.wait_for("bye", 10) for p in (hub, a)]
@@ -232,13 +224,13 @@ async def test_removal_lasts_until_readmit_or_the_meeting_ends(hoinghi_server):
     try:
         await hub.join()
         await out.join()
-        await _chair(hub, "remove", site_id="xa-out")
+        await chair(hub, "remove", site_id="xa-out")
         fresh = SignalingService(server.tokens, server.storage, server.signaling.media)
         verdict = fresh.admit(server.token("xa-out"))
         assert verdict.code == "removed"
-        await _chair(hub, "readmit", site_id="xa-out")
+        await chair(hub, "readmit", site_id="xa-out")
         assert not hasattr(SignalingService(server.tokens, server.storage, server.signaling.media).admit(server.token("xa-out")), "code")
-        await _chair(hub, "remove", site_id="xa-out")
+        await chair(hub, "remove", site_id="xa-out")
         await server.signaling.end_meeting("demo", by="hub")
         assert server.storage.site_admissions("demo") == (set(), set())
     finally:

@@ -17,17 +17,9 @@ import pytest
 
 from loadtest.rawpeer import FeedbackTicker, HoinghiSite, Pacer
 from media.budget import AVERAGE_S, HEADROOM
+from testkit import until
 
 pytestmark = pytest.mark.slow
-
-
-async def _until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 async def _window(transports, seconds: float) -> tuple[float, list[list[int]]]:
@@ -78,8 +70,8 @@ async def test_budget_keeps_egress_under_capacity_and_the_floor_last(hoinghi_ser
         def flowing(t, n: int) -> bool:
             return sum(1 for c in t.consumers["video"] if c.producer is not None and not c.paused) == n
 
-        await _until(lambda: all(t.consumers["video"][0].producer is not None and t.consumers["video"][0].producer.participant_id == floor_pid for t in rts), 10, "floor on every stage")
-        await _until(lambda: all(flowing(t, 4) for t in rts), 15, "four streams to every receiver")
+        await until(lambda: all(t.consumers["video"][0].producer is not None and t.consumers["video"][0].producer.participant_id == floor_pid for t in rts), 10, "floor on every stage")
+        await until(lambda: all(flowing(t, 4) for t in rts), 15, "four streams to every receiver")
         await asyncio.sleep(AVERAGE_S)  # the budget's view of each stream's rate settles
         free_rate, free_slots = await _window(rts, 2.0)
         assert all(all(n > 0 for n in slots) for slots in free_slots), free_slots
@@ -94,7 +86,7 @@ async def test_budget_keeps_egress_under_capacity_and_the_floor_last(hoinghi_ser
         cap2 = 6.5 * one / (1 - HEADROOM)
         assert free_rate > cap2, (free_rate, cap2)  # the budget below must bind
         sig.egress.set_capacity(cap2)
-        await _until(lambda: all(flowing(t, 2) for t in rts), 5, "two streams per receiver")
+        await until(lambda: all(flowing(t, 2) for t in rts), 5, "two streams per receiver")
         await asyncio.sleep(0.5)  # switches settle (a paused slot stops at once)
         rate, slots = await _window(rts, 3.0)
         assert rate < cap2, (rate, cap2)
@@ -111,7 +103,7 @@ async def test_budget_keeps_egress_under_capacity_and_the_floor_last(hoinghi_ser
         # room for one stream each: only the floor is left
         cap1 = 3.5 * one / (1 - HEADROOM)
         sig.egress.set_capacity(cap1)
-        await _until(lambda: all(flowing(t, 1) for t in rts), 5, "the floor alone")
+        await until(lambda: all(flowing(t, 1) for t in rts), 5, "the floor alone")
         await asyncio.sleep(0.5)
         rate, slots = await _window(rts, 2.0)
         assert rate < cap1, (rate, cap1)
@@ -133,7 +125,7 @@ async def test_budget_keeps_egress_under_capacity_and_the_floor_last(hoinghi_ser
 
         # lifted: every thumbnail comes back
         sig.egress.set_capacity(0)
-        await _until(lambda: all(flowing(t, 4) for t in rts), 15, "all four streams again")
+        await until(lambda: all(flowing(t, 4) for t in rts), 15, "all four streams again")
         assert not sig.egress.limiting and all(t.allocator.limits is None for t in rts)
     finally:
         await pacer.stop()
@@ -197,9 +189,9 @@ async def test_floor_keeps_its_top_layer_longest(hoinghi_server):
         def thumbs_playing(t) -> int:
             return sum(1 for c in t.consumers["video"][1:] if c.producer is not None and not c.paused)
 
-        await _until(lambda: all(stage(t).producer is not None and stage(t).producer.participant_id == floor.participant_id
+        await until(lambda: all(stage(t).producer is not None and stage(t).producer.participant_id == floor.participant_id
                                  and not stage(t).paused for t in rts), 15, "the floor on every stage")
-        await _until(lambda: all(thumbs_playing(t) == 2 for t in rts), 10, "both thumbnails playing")
+        await until(lambda: all(thumbs_playing(t) == 2 for t in rts), 10, "both thumbnails playing")
         # keep the floor's 720p flowing whatever the receivers take (a monitoring sink, as
         # recording uses), so its rate is measured steadily before the budget counts it
         class Monitor:
@@ -211,7 +203,7 @@ async def test_floor_keeps_its_top_layer_longest(hoinghi_server):
 
         assert router.attach_sink(floor.participant_id, "video", Monitor()) is streams[2]
         streams[1].sinks.append(Monitor())  # and its 360p (the publisher pauses unused layers)
-        await _until(lambda: all(time.monotonic() - s.last_packet < 0.2 for s in streams[1:]), 10, "the floor's 360p and 720p flowing")
+        await until(lambda: all(time.monotonic() - s.last_packet < 0.2 for s in streams[1:]), 10, "the floor's 360p and 720p flowing")
         await asyncio.sleep(AVERAGE_S)  # the budget's average of it settles
 
         rate_of = sig.egress.stream_rate
@@ -223,8 +215,8 @@ async def test_floor_keeps_its_top_layer_longest(hoinghi_server):
         assert 0.5 * top < thumb, (top, thumb)
         cap_top = 2.5 * top / (1 - HEADROOM)
         sig.egress.set_capacity(cap_top)
-        await _until(lambda: all(thumbs_playing(t) == 0 for t in rts), 5, "thumbnails paused")
-        await _until(lambda: all(stage(t).layer == 2 and not stage(t).paused for t in rts), 15, "the floor at 720p")
+        await until(lambda: all(thumbs_playing(t) == 0 for t in rts), 5, "thumbnails paused")
+        await until(lambda: all(stage(t).layer == 2 and not stage(t).paused for t in rts), 15, "the floor at 720p")
         assert all(stage(t).layer == 2 and not stage(t).paused for t in rts), (
             [(stage(t).layer, stage(t).paused, stage(t).reason, list(t.allocator.limits.values()), t.estimator.estimate) for t in rts],
             sig.egress.snapshot(), cap_top, top, mid, thumb)
@@ -235,7 +227,7 @@ async def test_floor_keeps_its_top_layer_longest(hoinghi_server):
         cap_mid = 2.5 * mid / (1 - HEADROOM)
         assert 2.5 * mid < 2 * mid + (top - mid), (mid, top)  # no room for 720p at either
         sig.egress.set_capacity(cap_mid)
-        await _until(lambda: all(stage(t).layer == 1 and not stage(t).paused for t in rts), 8, "the floor at 360p")
+        await until(lambda: all(stage(t).layer == 1 and not stage(t).paused for t in rts), 8, "the floor at 360p")
         assert all(thumbs_playing(t) == 0 for t in rts)
         await asyncio.sleep(0.5)
         rate, slots = await _window(rts, 2.0)
@@ -292,10 +284,10 @@ async def test_speaker_thumbnail_outlasts_pinned_ones(hoinghi_server):
         def order(t) -> list:
             return [c.producer.participant_id if c.producer else None for c in t.consumers["video"]]
 
-        await _until(lambda: router.speakers.dominant == pid["talker"], 10, "the talker is the dominant speaker")
+        await until(lambda: router.speakers.dominant == pid["talker"], 10, "the talker is the dominant speaker")
         want = [pid["floor"], pid["t1"], pid["t2"], pid["talker"]]
-        await _until(lambda: all(order(t) == want for t in rts), 5, "floor, pins, then the speaker")
-        await _until(lambda: all(not c.paused for t in rts for c in t.consumers["video"]), 10, "every slot playing")
+        await until(lambda: all(order(t) == want for t in rts), 5, "floor, pins, then the speaker")
+        await until(lambda: all(not c.paused for t in rts for c in t.consumers["video"]), 10, "every slot playing")
         await asyncio.sleep(AVERAGE_S)
 
         one = sig.egress.stream_rate(router.transports[pid["t1"]].producers["video"].streams[0], 0)
@@ -306,7 +298,7 @@ async def test_speaker_thumbnail_outlasts_pinned_ones(hoinghi_server):
         def playing(t) -> list:
             return [c.producer.participant_id for c in t.consumers["video"] if c.producer is not None and not c.paused]
 
-        await _until(lambda: all(playing(t) == [pid["floor"], pid["talker"]] for t in rts), 5, "floor + speaker kept")
+        await until(lambda: all(playing(t) == [pid["floor"], pid["talker"]] for t in rts), 5, "floor + speaker kept")
         await asyncio.sleep(0.5)
         rate, slots = await _window(rts, 2.0)
         assert rate < cap, (rate, cap)
