@@ -44,6 +44,7 @@ from typing import Any, Callable, Optional
 
 import aiohttp
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import sdp as aiortc_sdp
 
 from media import network, rtcp
 from media.rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, URI_RID, URI_RRID, URI_TRANSPORT_CC
@@ -83,16 +84,13 @@ async def _no_op(*args: object, **kwargs: object) -> None:
 def _asks_dtx(sdp: str, mid: Optional[str], payload_type: int) -> bool:
     """Whether the SFU's answer asks this site's Opus encoder for DTX (usedtx=1), as a
     browser reads it from the remote description."""
-    current = None
-    for line in sdp.splitlines():
-        if line.startswith("m="):
-            current = None
-        elif line.startswith("a=mid:"):
-            current = line[6:].strip()
-        elif line.startswith(f"a=fmtp:{payload_type} ") and (mid is None or current == mid):
-            params = line.split(" ", 1)[1]
-            if any(p.strip() == "usedtx=1" for p in params.split(";")):
-                return True
+    if not sdp:
+        return False
+    for media in aiortc_sdp.SessionDescription.parse(sdp).media:
+        if mid is None or media.rtp.muxId == mid:
+            for codec in media.rtp.codecs:
+                if codec.payloadType == payload_type and str(codec.parameters.get("usedtx")) == "1":
+                    return True
     return False
 
 class RawTransport:

@@ -10,7 +10,6 @@ offer the SFU cannot serve with a reason an operator can act on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from aiortc import sdp as aiortc_sdp
 
@@ -173,35 +172,20 @@ def add_simulcast_answer(sdp_text: str, mid: str, rids: list[str]) -> str:
 def add_fmtp(sdp_text: str, mid: str, payload_type: int, params: str) -> str:
     """Append codec parameters to one payload type's a=fmtp line in the m-section `mid`;
     a payload type without one gets a new a=fmtp line after its a=rtpmap."""
-    out: list[str] = []
-    current_mid: Optional[str] = None
     lines = sdp_text.split("\r\n")
-    rtpmap_at = -1  # where this section's a=rtpmap of the payload type is in `out`
-    done = False
-
-    def close_section() -> None:
-        nonlocal rtpmap_at, done
-        if current_mid == mid and not done and rtpmap_at >= 0:
-            out.insert(rtpmap_at + 1, f"a=fmtp:{payload_type} {params}")
-            done = True
-        rtpmap_at = -1
-
-    for line in lines:
-        if line.startswith("m="):
-            close_section()
-            current_mid = None
-        elif line.startswith("a=mid:"):
-            current_mid = line[6:]
-        if line.startswith(f"a=rtpmap:{payload_type} "):
-            rtpmap_at = len(out)
-        if current_mid == mid and line.startswith(f"a=fmtp:{payload_type} "):
-            line = f"{line};{params}"
-            done = True
-        out.append(line)
-    if out and out[-1] == "":
-        tail = out.pop()
-        close_section()
-        out.append(tail)
-    else:
-        close_section()
-    return "\r\n".join(out)
+    starts = [i for i, line in enumerate(lines) if line.startswith("m=")] + [len(lines)]
+    fmtp, rtpmap = f"a=fmtp:{payload_type} ", f"a=rtpmap:{payload_type} "
+    for a, b in zip(starts, starts[1:]):
+        if f"a=mid:{mid}" not in lines[a:b]:
+            continue
+        for i in range(a, b):
+            if lines[i].startswith(fmtp):
+                lines[i] = f"{lines[i]};{params}"
+                break
+        else:
+            for i in range(a, b):
+                if lines[i].startswith(rtpmap):
+                    lines.insert(i + 1, f"{fmtp}{params}")
+                    break
+        break
+    return "\r\n".join(lines)

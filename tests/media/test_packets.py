@@ -146,3 +146,18 @@ def test_seq_newer_wraps():
         a = rng.randrange(65536)
         d = rng.randrange(1, 32768)
         assert seq_newer((a + d) & 0xFFFF, a)
+
+
+def test_add_fmtp_appends_or_inserts_in_its_own_section_only():
+    from media.sdp import add_fmtp
+
+    sdp = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=rtpmap:111 opus/48000/2\r\na=sendrecv\r\n"
+           "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10\r\n")
+    # no a=fmtp in section 0: one is inserted after its a=rtpmap; section 1 is untouched
+    out = add_fmtp(sdp, "0", 111, "usedtx=1").split("\r\n")
+    assert out[3:5] == ["a=rtpmap:111 opus/48000/2", "a=fmtp:111 usedtx=1"]
+    assert out[5:] == sdp.split("\r\n")[4:]
+    # an existing a=fmtp gets the parameter appended; the text still ends as it did
+    out = add_fmtp(sdp, "1", 111, "usedtx=1")
+    assert "a=fmtp:111 minptime=10;usedtx=1\r\n" in out and out.endswith("\r\n") and out.count("a=fmtp") == 1
+    assert add_fmtp(sdp, "7", 111, "usedtx=1") == sdp  # no such mid: unchanged
