@@ -44,6 +44,7 @@ PEAK_MARGIN = 1.03  # on top of a layer's measured peak (the pacer and the link'
 UPGRADE_HOLD_S = 1.5
 QUICK_UPGRADE_HOLD_S = 0.3  # after a probe found far more than is sent (a lifted cap, a start)
 QUICK_UPGRADE_WINDOW_S = 3.0
+NEAR_LIMIT_S = 10.0  # a decrease this recent means the link's limit is near
 SPATIAL_UPGRADE_EXTRA = 0.25  # headroom a new spatial layer needs near the link's limit (keyframe burst)
 UPGRADE_BACKOFF_MAX_S = 20.0  # the longest hold after failed upgrades (a lifted cap resets it)
 FAILED_UPGRADE_S = 15.0  # a congestion downgrade this soon after an upgrade means the upgrade failed
@@ -217,7 +218,7 @@ class StreamAllocator:
         down = self._plan(budget, consumers, keep=0.0 if unproven or not lossy else 0.8, limits=limits)
         up = self._plan(budget / UPGRADE_MARGIN, consumers, limits=limits)
         new_layers = {c: up[c] for c in consumers if up[c][0] > self.current(c)[0] >= 0}
-        near_limit = now - t.estimator.last_decrease < 10.0  # the link's limit was met lately
+        near_limit = now - t.estimator.last_decrease < NEAR_LIMIT_S  # the link's limit was met lately
         if new_layers and near_limit and self._cost(up) + SPATIAL_UPGRADE_EXTRA * self._cost(new_layers) > budget:
             # a new spatial layer starts with a keyframe burst: it needs more headroom than a
             # temporal step; short of it, climb only within the layers being sent
@@ -427,8 +428,7 @@ class StreamAllocator:
         if len(got) < max(5, 0.8 * expected):
             self.last_probe_result = ("lost", expected, len(got))
             self.ceiling = self.transport.estimator.estimate * 1.1
-            self.probe_grow = False
-            self.probe_wait = min(PROBE_MAX_INTERVAL_S, self.probe_wait * 1.5)
+            self._back_off()
             return
         got.sort()
         # rates over the last two thirds of the cluster (by send time) only: a token bucket
@@ -455,8 +455,7 @@ class StreamAllocator:
         self.transport.estimator.on_probe(ProbeResult(rate, expected, len(got)), now, reached)
         self.last_probe_result = (round(rate), round(pr["target"]), expected, len(got))
         if not reached and pr["ceiling"]:
-            self.probe_wait = min(PROBE_MAX_INTERVAL_S, self.probe_wait * 1.5)
-            self.probe_grow = False
+            self._back_off()  # the ceiling stands
             return
         if reached:
             self.ceiling = 0.0
@@ -472,7 +471,7 @@ class StreamAllocator:
                 # a cluster that arrived at 1.5x what is sent is no token bucket's burst
                 # (its tail is read at the bucket's rate): the next upgrade need not wait out
                 # the full hold, which would only add seconds to every step of a climb
-                if now - self.transport.estimator.last_decrease > 10.0:
+                if now - self.transport.estimator.last_decrease > NEAR_LIMIT_S:
                     # and only away from a limit met lately: near one, the keyframe burst of
                     # a quick spatial step is what overflows the link's queue
                     self.quick_until = now + QUICK_UPGRADE_WINDOW_S
@@ -480,5 +479,9 @@ class StreamAllocator:
             # bucket overstates the link by the bucket's burst; the raised estimate must hold
         else:
             self.ceiling = rate
-            self.probe_grow = False
-            self.probe_wait = min(PROBE_MAX_INTERVAL_S, self.probe_wait * 1.5)
+            self._back_off()
+
+    def _back_off(self) -> None:
+        """A probe did not get through: wait longer for the next, and step, not double."""
+        self.probe_grow = False
+        self.probe_wait = min(PROBE_MAX_INTERVAL_S, self.probe_wait * 1.5)
