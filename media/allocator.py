@@ -27,10 +27,13 @@ That is what brings a site back from the lowest layer or from audio-only within 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING, Optional
 
 from .estimator import LOSS_HIGH, LOSS_LOW, ProbeResult
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -63,12 +66,14 @@ PAUSED: Step = (-1, -1)
 
 
 def layer_rate(stream: "RecvStream", layer: int) -> float:
-    """What forwarding this layer costs: its recent peak rate (0.5 s windows, decaying: it
-    already holds the keyframes), or a nominal rate while it is not flowing (e.g. paused at
-    the publisher because nobody received it)."""
+    """What forwarding this layer costs on the wire: its recent peak rate (0.5 s windows,
+    decaying: it already holds the keyframes); while it is not flowing (paused at the
+    publisher because nobody took it) the peak it had when it last flowed, else a nominal rate."""
     nominal = NOMINAL_BPS[min(layer, len(NOMINAL_BPS) - 1)]
     if stream.ssrc is not None and stream.bitrate_peak > 0 and time.monotonic() - stream.last_packet < 1.0:
         return max(stream.bitrate_peak * PEAK_MARGIN, nominal * 0.25)
+    if stream.bitrate_known > 0:
+        return max(stream.bitrate_known * PEAK_MARGIN, nominal * 0.5)
     return nominal
 
 
@@ -164,6 +169,15 @@ class StreamAllocator:
             if budget >= need or keep == 0.0:
                 at[c] = 0
                 budget -= r  # charged in full: a kept step leaves nothing for upgrades
+                if c.index == 0:
+                    # the stage (floor/hub) gets its lowest layer at full frame rate before
+                    # any thumbnail is admitted: on a tight link a thumbnail is paused rather
+                    # than the picture everyone watches shown at 5 fps
+                    i = 0
+                    while i + 1 < len(steps) and steps[i + 1][0][0] == 0 and steps[i + 1][1] - steps[i][1] <= budget:
+                        budget -= steps[i + 1][1] - steps[i][1]
+                        i += 1
+                    at[c] = i
             else:
                 plan[c] = PAUSED
         # every slot to its lowest layer at full frame rate, then the stage climbs first
@@ -219,9 +233,12 @@ class StreamAllocator:
         up = self._plan(budget / UPGRADE_MARGIN, consumers, limits=limits)
         new_layers = {c: up[c] for c in consumers if up[c][0] > self.current(c)[0] >= 0}
         near_limit = now - t.estimator.last_decrease < NEAR_LIMIT_S  # the link's limit was met lately
-        if new_layers and near_limit and self._cost(up) + SPATIAL_UPGRADE_EXTRA * self._cost(new_layers) > budget:
+        repeats_failure = bool(self.failed_bps) and self._cost(up) + audio >= 0.95 * self.failed_bps
+        if new_layers and (repeats_failure or (near_limit and self._cost(up) + SPATIAL_UPGRADE_EXTRA * self._cost(new_layers) > budget)):
             # a new spatial layer starts with a keyframe burst: it needs more headroom than a
-            # temporal step; short of it, climb only within the layers being sent
+            # temporal step; short of it, climb only within the layers being sent. Nor is an
+            # allocation that already failed tried again (until a probe finds clearly more,
+            # or 30 s pass without trouble): each try is two switches and a GCC cut
             same = {c: max(0, self.current(c)[0]) for c in consumers}
             if limits is not None:
                 same = {c: min(v, limits.get(c, -1)) for c, v in same.items()}
@@ -262,6 +279,8 @@ class StreamAllocator:
         # what the pacer still holds, in seconds at the rate it is about to get: a queue built
         # at the old rate can be seconds long at the new one
         self._backlog_s = t.pace_queued_bytes() * 8 / max(1.0, estimate * t.PACE_FACTOR)
+        # (a longer grace for a dip of one GCC cut, 3 s above 0.8 of what is sent, was tried:
+        # 720p behind 2 Mbit/s then built a pacer queue that dropped 670 packets, 5 freezes)
         urgent = (
             est.loss >= LOSS_LOW
             or estimate < 0.75 * (self.allocated_bps + audio)
@@ -452,7 +471,22 @@ class StreamAllocator:
             reached = recv_rate >= CEILING_CLEAR * pr["ceiling"] and len(got) >= 0.95 * expected
             if reached:
                 rate = min(send_rate, recv_rate)
-        self.transport.estimator.on_probe(ProbeResult(rate, expected, len(got)), now, reached)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "probe %s: target %.0f sent %.0f recv %.0f (%d of %d packets, %.0f bytes over %.3f s sent, %.3f s received) "
+                "ceiling %.0f est %.0f reached %s",
+                self.transport.participant_id, pr["target"], send_rate, recv_rate, len(got), expected,
+                sum(z for _, z, _ in got), send_span, recv_span, pr["ceiling"], self.transport.estimator.estimate, reached,
+            )
+        # whatever the verdict on the link's change, a cluster that (nearly) all arrived says the
+        # link carried `rate`; through a saturated link that is 0.95 of what came out of its
+        # queue, which is its capacity, higher or lower than the estimate (libwebrtc sets its
+        # estimate to a probe's result so). Without this an estimate could sit at 0.75 of a
+        # capped link while every ceiling probe measured 0.9 of it (the layer that fits stayed
+        # out of reach), or drift above it while the media sent was too little to show it.
+        complete = len(got) >= 0.95 * expected
+        saturated = complete and recv_rate < 0.9 * send_rate and not reached
+        self.transport.estimator.on_probe(ProbeResult(rate, expected, len(got)), now, reached or complete, saturated)
         self.last_probe_result = (round(rate), round(pr["target"]), expected, len(got))
         if not reached and pr["ceiling"]:
             self._back_off()  # the ceiling stands
@@ -462,7 +496,12 @@ class StreamAllocator:
             self.probe_grow = True
             self.probe_successes += 1
             self.probe_wait = 0.5  # still short of what the site should get: probe again soon
-            if rate > 1.5 * (self.allocated_bps + self.audio_bps) or (self.failed_bps and rate > 1.25 * self.failed_bps):
+            # the link changed (a cap lifted) if the probe found clearly more than what last
+            # failed; with no failure lately, far more than what is sent. (Against what is sent
+            # alone, any probe from 180p looked like a lifted cap, the caution learnt from a
+            # failed 360p was forgotten at once, and 800 kbit/s switched 9 times a minute.)
+            changed = rate > 1.25 * self.failed_bps if self.failed_bps else rate > 1.5 * (self.allocated_bps + self.audio_bps)
+            if changed:
                 # far more than what was sent, or than what an upgrade failed at: the link has
                 # changed (a cap lifted), so the caution learnt from failed upgrades is void
                 self.hold_s = UPGRADE_HOLD_S

@@ -304,17 +304,29 @@ class BandwidthEstimator:
         self._rate.set_estimate(int(bps), int(now * 1000))
         self.delay_bps = float(bps)
 
-    def on_probe(self, result: ProbeResult, now: float, reached: bool = True) -> None:
-        """A probe that reached its target measured the link: take its rate if higher. One
-        that fell short only says the link is near that rate; a short cluster through a
-        token bucket even overstates it (the bucket's burst), so it never raises the estimate."""
+    def on_probe(self, result: ProbeResult, now: float, reached: bool = True, saturated: bool = False) -> None:
+        """A probe that got through measured the link: take its rate if higher. One that
+        saturated the link (it came out of the bottleneck's queue slower than it was sent)
+        measured the link's capacity: take it, higher or lower (libwebrtc sets its delay-based
+        estimate to a probe's result either way). Without the lower case an estimate left
+        high by a cut from 2 Mbit/s drifted up further while 200 kbit/s of media (app-limited:
+        no queue, no over-use) could not show it wrong, and every probe into the 300 kbit/s
+        cap said 290 kbit/s to no effect; then a 360p upgrade overflowed the link."""
         self.probed = True
-        if reached and result.bitrate > self.estimate:
-            self._rate.set_estimate(int(result.bitrate), int(now * 1000))
-            self.delay_bps = result.bitrate
-            self.loss_bps = max(self.loss_bps, result.bitrate)
+        rate = result.bitrate
+        if saturated and rate < self.estimate:
+            self._rate.set_estimate(int(rate), int(now * 1000))
+            self.delay_bps = rate
+            self.loss_bps = min(self.loss_bps, rate)
             if self.remb_bps is not None:
-                self.remb_bps = max(self.remb_bps, result.bitrate)
+                self.remb_bps = min(self.remb_bps, rate)
+            self.last_decrease = now
+        elif (reached or saturated) and rate > self.estimate:
+            self._rate.set_estimate(int(rate), int(now * 1000))
+            self.delay_bps = rate
+            self.loss_bps = max(self.loss_bps, rate)
+            if self.remb_bps is not None:
+                self.remb_bps = max(self.remb_bps, rate)
 
     # ---------------------------------------------------------------- loss-based control
 

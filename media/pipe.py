@@ -302,6 +302,8 @@ class PipeEndpoint:
                     stream.bitrate_peak = peak
                     if age_ms >= 0:
                         stream.last_packet = max(stream.last_packet, now - age_ms / 1000.0)
+                        if age_ms < 250:
+                            stream.bitrate_known = peak
 
     # ---------------------------------------------------------------- timers
 

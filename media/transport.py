@@ -31,7 +31,7 @@ from .allocator import StreamAllocator
 from .consumer import Consumer
 from .estimator import BandwidthEstimator
 from .producer import Producer, RecvStream
-from .rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_TRANSPORT_CC, RtpInfo, ext_table, parse_rtp
+from .rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_TRANSPORT_CC, WIRE_OVERHEAD, RtpInfo, ext_table, parse_rtp
 from .sdp import (
     CODEC_FOR_KIND,
     PUBLISH_EXTENSIONS,
@@ -539,8 +539,13 @@ class WebRtcTransport:
 
     # ---------------------------------------------------------------- pacing
 
-    PACE_FACTOR = 1.25  # pace at 1.25x the estimate: a keyframe burst must not overflow a
-    PACE_BURST_S = 0.02  # shallow bottleneck queue (tbf drops beyond ~100 ms of data)
+    # Pace at about the estimate (on-the-wire bytes): a keyframe burst then waits here, not in
+    # the bottleneck's queue, where it would overflow a shallow one (tbf drops beyond ~100 ms
+    # of data) and read as over-use to the delay detector. At 1.25x (the first choice), every
+    # spatial upgrade near the link's limit tripped over-use with its keyframe and was undone
+    # within 2 s (720p at 1.6 Mbit/s behind a 2 Mbit/s cap, 360p at 0.7 behind 0.8).
+    PACE_FACTOR = 1.05
+    PACE_BURST_S = 0.02
     PACE_MAX_QUEUE_S = 1.0
 
     def set_pacing(self, estimate_bps: float) -> None:
@@ -566,14 +571,15 @@ class WebRtcTransport:
         tokens = min(burst, self._pace_tokens + (now - self._pace_time) * rate)
         self._pace_time = now
         n = len(packet)
-        if tokens >= n:
-            self._pace_tokens = tokens - n
+        w = n + WIRE_OVERHEAD
+        if tokens >= w:
+            self._pace_tokens = tokens - w
             self._send_now(packet, tcc_off)
             return
         self._pace_tokens = tokens
         queue.append((packet, tcc_off))
         self._pace_queued_bytes += n
-        asyncio.get_running_loop().call_later((n - tokens) / rate, self._pace_drain)
+        asyncio.get_running_loop().call_later((w - tokens) / rate, self._pace_drain)
 
     def pace_queued_bytes(self) -> int:
         return self._pace_queued_bytes
@@ -612,21 +618,21 @@ class WebRtcTransport:
         burst = max(3000.0, rate * self.PACE_BURST_S)
         tokens = min(burst, self._pace_tokens + (now - self._pace_time) * rate)
         self._pace_time = now
-        while queue and tokens >= len(queue[0][0]):
+        while queue and tokens >= len(queue[0][0]) + WIRE_OVERHEAD:
             packet, tcc_off = queue.popleft()
-            tokens -= len(packet)
+            tokens -= len(packet) + WIRE_OVERHEAD
             self._pace_queued_bytes -= len(packet)
             self._send_now(packet, tcc_off)
         self._pace_tokens = tokens
         if queue:
-            asyncio.get_running_loop().call_later((len(queue[0][0]) - tokens) / rate, self._pace_drain)
+            asyncio.get_running_loop().call_later((len(queue[0][0]) + WIRE_OVERHEAD - tokens) / rate, self._pace_drain)
 
     def _send_now(self, packet: bytearray, tcc_off: int) -> None:
         sendto = self._sendto
         if sendto is None:
             return
         if tcc_off:
-            seq = self.twcc_history.next(time.monotonic(), len(packet) + 10)
+            seq = self.twcc_history.next(time.monotonic(), len(packet) + WIRE_OVERHEAD)
             packet[tcc_off] = seq >> 8
             packet[tcc_off + 1] = seq & 0xFF
         try:
@@ -655,16 +661,24 @@ class WebRtcTransport:
         c = candidates[self._probe_rr]
         pkt = None
         if c.sent_any and c.history is not None:
-            recent = c.history[c.last_seq & (len(c.history) - 1)]
-            if recent is not None and len(recent) > 300:
-                pkt = c.rtx_copy(recent)
+            # the largest of the last few packets: a probe of big packets measures the link,
+            # one of small packets mostly its per-packet overhead (and costs more CPU)
+            history = c.history
+            mask = len(history) - 1
+            best = None
+            for back in range(8):
+                p = history[(c.last_seq - back) & mask]
+                if p is not None and (best is None or len(p) > len(best)):
+                    best = p
+            if best is not None and len(best) > 300:
+                pkt = c.rtx_copy(best)
         if pkt is None:
             pkt = c.padding_packet(255)
         if pkt is None:
             return None, 0
         seq = self.twcc_history.seq
         self._send_now(pkt, c.tcc_off)  # probes go at the probe's rate, not the pacer's
-        return seq, len(pkt) + 10
+        return seq, len(pkt) + WIRE_OVERHEAD
 
     def send_rtcp(self, packet: bytes) -> None:
         sendto = self._sendto
