@@ -1,0 +1,93 @@
+"""Bandwidth estimate from probes, and the allocator's order of priorities.
+
+The estimator and allocator under test are the real ones. The allocator's transport is a
+stand-in that only holds the slots (its plan reads nothing else); the producers and their
+RecvStreams are real, with measured rates set as the receive path would leave them.
+"""
+
+from __future__ import annotations
+
+import time
+
+from media.allocator import StreamAllocator, layer_rate
+from media.consumer import Consumer
+from media.estimator import BandwidthEstimator, ProbeResult
+from media.producer import Producer
+
+
+def test_saturated_probe_sets_the_estimate_up_or_down() -> None:
+    now = 100.0
+    est = BandwidthEstimator(now, start_bps=600_000)
+    # a probe that saturated the link measured its capacity: below the estimate, it lowers it
+    est.on_probe(ProbeResult(280_000, 20, 20), now, reached=False, saturated=True)
+    assert abs(est.estimate - 280_000) < 1
+    assert est.last_decrease == now
+    # a probe that got through raises it
+    est.on_probe(ProbeResult(900_000, 30, 30), now + 1, reached=True)
+    assert abs(est.estimate - 900_000) < 1
+    # one that got through but measured less than the estimate says nothing against it
+    est.on_probe(ProbeResult(500_000, 30, 30), now + 2, reached=True)
+    assert abs(est.estimate - 900_000) < 1
+    # neither reached nor saturated (mostly lost): no change either way
+    est.on_probe(ProbeResult(2_000_000, 30, 10), now + 3, reached=False)
+    assert abs(est.estimate - 900_000) < 1
+
+
+class _Transport:
+    participant_id = "rx"
+
+    def __init__(self) -> None:
+        self.consumers: dict[str, list[Consumer]] = {"video": [], "audio": []}
+
+
+def _publisher(name: str, rates: list[float], temporal_layers: int = 3) -> Producer:
+    t = _Transport()
+    t.participant_id = name
+    rids = ["q", "h", "f"][: len(rates)] if len(rates) > 1 else []
+    p = Producer(t, "video", "0", "video/vp8", 90000, 96, 97, {"nack", "nack pli"}, rids)  # type: ignore[arg-type]
+    now = time.monotonic()
+    for i, (s, r) in enumerate(zip(p.streams, rates)):
+        s.ssrc = 1000 + i
+        s.bitrate = s.bitrate_peak = r
+        s.last_packet = now
+        s.temporal_layers = temporal_layers
+        s.tl_share = [0.4, 0.6, 1.0, 1.0] if temporal_layers == 3 else [1.0] * 4
+    return p
+
+
+def _slot(rx: _Transport, index: int, producer: Producer) -> Consumer:
+    c = Consumer(rx, "video", index, str(index), 5000 + index, 96, 90000, None, None)  # type: ignore[arg-type]
+    c.assigned = producer
+    rx.consumers["video"].append(c)
+    return c
+
+
+def test_stage_gets_full_frame_rate_before_thumbnails_are_admitted() -> None:
+    rx = _Transport()
+    stage = _slot(rx, 0, _publisher("hub", [250_000, 700_000, 1_700_000]))
+    # thumbnails from senders without temporal layers (aiortc, Firefox): all or nothing
+    thumbs = [_slot(rx, i, _publisher(f"t{i}", [150_000], temporal_layers=1)) for i in (1, 2, 3)]
+    alloc = StreamAllocator(rx)  # type: ignore[arg-type]
+    q = stage.producer.streams[0]
+    # 300 kbit/s: the stage's 180p at full rate (258k with margin) fits, nothing else does
+    plan = alloc._plan(300_000, rx.consumers["video"])
+    assert plan[stage] == (0, 3), plan
+    assert all(plan[t] == (-1, -1) for t in thumbs)
+    # 450 kbit/s: the stage at full rate and then one thumbnail
+    plan = alloc._plan(450_000, rx.consumers["video"])
+    assert plan[stage] == (0, 3)
+    assert [plan[t] for t in thumbs].count((-1, -1)) == 2
+    # and the stage's lowest steps cost what the layer measures (the wire rate)
+    assert abs(layer_rate(q, 0) - 250_000 * 1.03) < 1
+
+
+def test_paused_layer_is_priced_at_its_last_peak_not_a_nominal_rate() -> None:
+    p = _publisher("hub", [250_000, 700_000, 1_700_000])
+    h = p.streams[1]
+    t = time.monotonic()
+    h.last_packet = t + 0.55
+    h.update_rate(t + 0.6)  # a window while it flowed: remembered
+    assert h.bitrate_known > 0
+    h.last_packet = time.monotonic() - 5.0  # then paused at the publisher
+    assert layer_rate(h, 1) == max(h.bitrate_known * 1.03, 500_000 * 0.5)
+    assert layer_rate(h, 1) != 500_000
