@@ -134,7 +134,9 @@ def parse_metrics(text: str) -> dict[str, float]:
         except ValueError:
             continue
         name = key.split("{", 1)[0]
-        if "direction=\"out\"" in key:
+        if 'le="' in key:  # a histogram bucket: keep each bound (summed over other labels)
+            name += ":le=" + key.split('le="', 1)[1].split('"', 1)[0]
+        elif "direction=\"out\"" in key:
             name += ":out"
         elif "direction=\"in\"" in key:
             name += ":in"
@@ -799,6 +801,12 @@ class Rehearsal:
                 server["upstream_lost"] = int(m1.get("hoinghi_upstream_lost_packets_total", 0) - m0.get("hoinghi_upstream_lost_packets_total", 0))
                 server["retransmissions"] = int(m1.get("hoinghi_retransmissions_total", 0) - m0.get("hoinghi_retransmissions_total", 0))
                 server["layer_switches"] = int(m1.get("hoinghi_layer_switches_total", 0) - m0.get("hoinghi_layer_switches_total", 0))
+                # what the SFU itself adds: time in the per-site pacers, and its event loops' lag
+                # (a datagram waits in the socket buffer at least that long)
+                for key, metric in (("pacer_wait", "hoinghi_pacer_wait_seconds"), ("loop_lag", "hoinghi_worker_loop_lag_seconds")):
+                    q = histogram_quantiles(m0, m1, metric, (0.5, 0.99))
+                    if q is not None:
+                        server[f"{key}_ms_p50"], server[f"{key}_ms_p99"] = q
             rss = [x for x in self.timeline["server_rss_mb"] if x is not None]
             if rss:
                 server["rss_mb_max"] = max(rss)
@@ -1216,13 +1224,42 @@ def summary_table(result: dict) -> str:
                     f"{t['viewer']['freezes']} frozen, {t['viewer']['skipped']} skipped frames; " if t.get("viewer") else "")
                  + f"join p50 {_f(t['join_s_p50'], 2)} s (max {_f(t['join_s_max'], 2)}), first media p50 {_f(t['first_media_s_p50'], 2)} s; "
                  f"server CPU {_f(sv.get('cpu_pct_mean'), 0)}%, RSS max {_f(sv.get('rss_mb_max'), 0)} MB, "
-                 f"{_f(sv.get('us_per_forwarded_packet'), 1)} us/forwarded pkt, hub uplink mean {_f((sv.get('hub_uplink_kbps_mean') or 0) / 1000, 1)} "
+                 + (f"SFU-added latency: pacer p50 {_le(sv['pacer_wait_ms_p50'])} / p99 {_le(sv['pacer_wait_ms_p99'])} ms, "
+                    f"worker event-loop lag p50 {_le(sv.get('loop_lag_ms_p50'))} / p99 {_le(sv.get('loop_lag_ms_p99'))} ms; "
+                    if sv.get("pacer_wait_ms_p50") is not None else "")
+                 + f"{_f(sv.get('us_per_forwarded_packet'), 1)} us/forwarded pkt, hub uplink mean {_f((sv.get('hub_uplink_kbps_mean') or 0) / 1000, 1)} "
                  f"/ peak {_f((sv.get('hub_uplink_kbps_peak') or 0) / 1000, 1)} Mbit/s")
     if sv.get("cpu_note"):
         lines.append(f"note: {sv['cpu_note']}")
     for w in result.get("warnings", []):
         lines.append(f"warning: {w}")
     return "\n".join(lines)
+
+
+def _le(v: Optional[float]) -> str:
+    """A histogram quantile is known to a bucket: "<= 2", or "> 1000" past the last bound."""
+    if v is None:
+        return "-"
+    return f"> {-v:g}" if v < 0 else f"<= {v:g}"
+
+
+def histogram_quantiles(m0: dict, m1: dict, metric: str, qs: tuple[float, ...]) -> Optional[tuple[float, ...]]:
+    """Quantiles of a Prometheus histogram over the window between two parsed scrapes, as
+    the upper bound (ms) of the bucket they fall in; past the last bound, minus that bound."""
+    prefix = metric + "_bucket:le="
+    bounds = sorted((float(k[len(prefix):]), k) for k in m1 if k.startswith(prefix) and k[len(prefix):] != "+Inf")
+    total = m1.get(prefix + "+Inf", 0.0) - m0.get(prefix + "+Inf", 0.0)
+    if not bounds or total <= 0:
+        return None
+    out = []
+    for q in qs:
+        v = -bounds[-1][0] * 1000
+        for bound, k in bounds:
+            if m1.get(k, 0.0) - m0.get(k, 0.0) >= q * total:
+                v = bound * 1000
+                break
+        out.append(round(v, 3))
+    return tuple(out)
 
 
 def _f(v: Any, nd: int) -> str:

@@ -265,6 +265,7 @@ class WorkerPool:
                 "rss_bytes": w.stats.get("rss_bytes", 0),
                 "pipe_in": w.stats.get("pipe_in", 0),
                 "pipe_out": w.stats.get("pipe_out", 0),
+                "loop_lag": w.stats.get("loop_lag", []),
             }
             for w in self.workers
         ]
@@ -661,7 +662,11 @@ class RouterProxy:
         out: dict[str, Any] = {}
         for tot in self._totals.values():
             for k, v in tot.items():
-                if isinstance(v, list):
+                if k == "pace_waited":  # histogram counts: add bucket by bucket
+                    acc = out.setdefault(k, [0] * len(v))
+                    for i, n in enumerate(v[: len(acc)]):
+                        acc[i] += n
+                elif isinstance(v, list):
                     out.setdefault(k, []).extend(v)
                 else:
                     out[k] = out.get(k, 0) + v
@@ -671,6 +676,8 @@ class RouterProxy:
         ):
             out.setdefault(k, 0)
         out.setdefault("estimates", [])
+        out.setdefault("pace_waited", [])
+        out.setdefault("pace_wait_s", 0.0)
         return out
 
     def stats(self) -> dict:

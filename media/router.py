@@ -422,6 +422,8 @@ class Router:
             "switches": sum(c.switches for c in consumers),
             "paused": sum(1 for c in consumers if c.kind == "video" and c.paused),
             "estimates": [t.estimator.estimate for t in transports if t.estimator.mode != "none"],
+            "pace_waited": [sum(col) for col in zip(*(t.pace_waited for t in transports))] if transports else [],
+            "pace_wait_s": sum(t.pace_wait_s for t in transports),
         }
 
     def stats(self) -> dict:

@@ -19,6 +19,7 @@ import logging
 import random
 import socket
 import time
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+PACE_WAIT_BOUNDS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 RTCP_INTERVAL = 1.0  # mean seconds between receiver/sender reports
 
 
@@ -159,6 +161,11 @@ class WebRtcTransport:
         self._pace_queue: deque = deque()
         self._pace_queued_bytes = 0
         self.pace_dropped = 0  # ssrcs -> (value, congested, time, octets, send bps)
+        # how long sent packets waited in the pacer: counts per PACE_WAIT_BOUNDS_S bucket (the
+        # last one: longer), for packets that queued at all; the rest went out at once. What
+        # the SFU itself adds to latency, apart from its event loop's own lag
+        self.pace_waited = [0] * (len(PACE_WAIT_BOUNDS_S) + 1)
+        self.pace_wait_s = 0.0
         # counters for metrics and benchmarks
         self.packets_in = 0
         self.bytes_in = 0
@@ -563,7 +570,7 @@ class WebRtcTransport:
             if self._pace_queued_bytes > rate * self.PACE_MAX_QUEUE_S:
                 self.pace_dropped += 1
                 return
-            queue.append((packet, tcc_off))
+            queue.append((packet, tcc_off, time.monotonic()))
             self._pace_queued_bytes += len(packet)
             return
         now = time.monotonic()
@@ -577,7 +584,7 @@ class WebRtcTransport:
             self._send_now(packet, tcc_off)
             return
         self._pace_tokens = tokens
-        queue.append((packet, tcc_off))
+        queue.append((packet, tcc_off, now))
         self._pace_queued_bytes += n
         asyncio.get_running_loop().call_later((w - tokens) / rate, self._pace_drain)
 
@@ -611,7 +618,8 @@ class WebRtcTransport:
             return
         if not rate:
             while queue:
-                self._send_now(*queue.popleft())
+                packet, tcc_off, _ = queue.popleft()
+                self._send_now(packet, tcc_off)
             self._pace_queued_bytes = 0
             return
         now = time.monotonic()
@@ -619,10 +627,13 @@ class WebRtcTransport:
         tokens = min(burst, self._pace_tokens + (now - self._pace_time) * rate)
         self._pace_time = now
         while queue and tokens >= len(queue[0][0]) + WIRE_OVERHEAD:
-            packet, tcc_off = queue.popleft()
+            packet, tcc_off, queued = queue.popleft()
             tokens -= len(packet) + WIRE_OVERHEAD
             self._pace_queued_bytes -= len(packet)
             self._send_now(packet, tcc_off)
+            wait = now - queued
+            self.pace_wait_s += wait
+            self.pace_waited[bisect_left(PACE_WAIT_BOUNDS_S, wait)] += 1
         self._pace_tokens = tokens
         if queue:
             asyncio.get_running_loop().call_later((len(queue[0][0]) + WIRE_OVERHEAD - tokens) / rate, self._pace_drain)

@@ -23,6 +23,7 @@ import socket
 import struct
 import sys
 import time
+from bisect import bisect_left
 from typing import Any, Optional
 
 from .budget import EgressBudget
@@ -31,13 +32,14 @@ from .producer import Producer
 from .recorder import MeetingRecorder
 from .router import Router
 from .sdp import OfferError
-from .transport import MediaSettings
+from .transport import PACE_WAIT_BOUNDS_S, MediaSettings
 
 logger = logging.getLogger("media.worker")
 
 _len = struct.Struct("!I")
 MAX_FRAME = 64 << 20
 STATS_INTERVAL = 1.0
+LAG_TICK_S = 0.02
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Optional[dict]:
@@ -117,6 +119,8 @@ class Worker:
         port = await self.pipe.start()
         self.send({"ev": "hello", "index": self.index, "pipe_port": port, "os_pid": os.getpid()})
         self._stats_task = asyncio.ensure_future(self._stats_loop())
+        self.loop_lag = [0] * (len(PACE_WAIT_BOUNDS_S) + 1)
+        self._lag_task = asyncio.ensure_future(self._lag_loop())
         self.egress.start()
         while True:
             msg = await read_frame(self.reader)
@@ -287,6 +291,17 @@ class Worker:
 
     # ---------------------------------------------------------------- statistics
 
+    async def _lag_loop(self) -> None:
+        """How late this worker's event loop runs a 20 ms timer: a datagram waits in the
+        socket buffer at least that long before the forwarding path sees it, so this plus the
+        pacer's wait is what the SFU adds to a packet's latency."""
+        loop = asyncio.get_running_loop()
+        lag = self.loop_lag
+        while True:
+            t = loop.time()
+            await asyncio.sleep(LAG_TICK_S)
+            lag[bisect_left(PACE_WAIT_BOUNDS_S, max(0.0, loop.time() - t - LAG_TICK_S))] += 1
+
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(STATS_INTERVAL)
@@ -315,6 +330,7 @@ class Worker:
             "rss_bytes": rss,
             "pipe_in": self.pipe.packets_in,
             "pipe_out": self.pipe.packets_out,
+            "loop_lag": list(self.loop_lag),
             "egress": self.egress.snapshot(),
             "time": time.time(),
         }

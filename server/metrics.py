@@ -8,12 +8,14 @@ per-site figures are in the hub console instead.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.process_collector import ProcessCollector
+
+from media.transport import PACE_WAIT_BOUNDS_S
 
 if TYPE_CHECKING:
     from signaling.service import SignalingService
@@ -41,6 +43,9 @@ class RoomCollector:
         egress_limited = GaugeMetricFamily("hoinghi_egress_limited_receivers", "Receivers whose layers the uplink budget lowers")
         connections = GaugeMetricFamily("hoinghi_signaling_connections", "Open signaling WebSockets")
         estimates: list[float] = []
+        waited: list[int] = []
+        wait_s = 0.0
+        sent = 0
         sig = self.signaling
         rooms.add_metric([], len(sig.rooms))
         connections.add_metric([], len(sig.sessions))
@@ -67,6 +72,12 @@ class RoomCollector:
             switches.add_metric([mid], tot["switches"])
             paused.add_metric([mid], tot["paused"])
             estimates.extend(tot["estimates"])
+            for i, n in enumerate(tot.get("pace_waited") or []):
+                if i >= len(waited):
+                    waited.append(0)
+                waited[i] += n
+            wait_s += tot.get("pace_wait_s", 0.0)
+            sent += tot["packets_out"]
         buckets = []
         for bound in ESTIMATE_BUCKETS:
             buckets.append((f"{bound:g}", sum(1 for e in estimates if e <= bound)))
@@ -74,6 +85,9 @@ class RoomCollector:
         estimate = HistogramMetricFamily(
             "hoinghi_downlink_estimate_bps", "Per-site downlink bandwidth estimates", buckets=buckets, sum_value=sum(estimates)
         )
+        # every packet sent: those that never queued in a pacer waited 0 (first bucket)
+        yield _histogram("hoinghi_pacer_wait_seconds", "Time sent RTP packets waited in the per-site pacers",
+                         waited, max(0, sent - sum(waited)), wait_s)
         yield from (egress, egress_limited)
         pool = getattr(sig, "media_pool", None)
         if pool is not None:
@@ -83,6 +97,7 @@ class RoomCollector:
             w_up = GaugeMetricFamily("hoinghi_worker_up", "1 while the media worker runs", labels=["worker"])
             w_restarts = CounterMetricFamily("hoinghi_worker_restarts", "Times a media worker was restarted", labels=["worker"])
             w_pipe = CounterMetricFamily("hoinghi_worker_pipe_packets", "Packets piped between workers", labels=["worker", "direction"])
+            lag: list[int] = []
             for w in pool.worker_stats():
                 label = [str(w["index"])]
                 w_cpu.add_metric(label, w["cpu_seconds"])
@@ -92,8 +107,27 @@ class RoomCollector:
                 w_restarts.add_metric(label, w["restarts"])
                 w_pipe.add_metric(label + ["in"], w["pipe_in"])
                 w_pipe.add_metric(label + ["out"], w["pipe_out"])
+                for i, n in enumerate(w.get("loop_lag") or []):
+                    if i >= len(lag):
+                        lag.append(0)
+                    lag[i] += n
             yield from (w_cpu, w_rss, w_sites, w_up, w_restarts, w_pipe)
+            yield _histogram("hoinghi_worker_loop_lag_seconds",
+                             "How late the media workers' event loops ran a 20 ms timer (all workers)", lag, 0, None)
         yield from (rooms, connections, participants, streams, packets, octets, dropped, lost, nacks, retx, switches, paused, estimate)
+
+
+def _histogram(name: str, doc: str, counts: list[int], extra_first: int, total_s: Optional[float]) -> HistogramMetricFamily:
+    """Per-bucket counts over PACE_WAIT_BOUNDS_S (+ one for longer) as a Prometheus histogram."""
+    counts = list(counts) + [0] * (len(PACE_WAIT_BOUNDS_S) + 1 - len(counts))
+    counts[0] += extra_first
+    buckets = []
+    acc = 0
+    for bound, n in zip(PACE_WAIT_BOUNDS_S, counts):
+        acc += n
+        buckets.append((f"{bound:g}", acc))
+    buckets.append(("+Inf", acc + counts[len(PACE_WAIT_BOUNDS_S)]))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total_s if total_s is not None else 0.0)
 
 
 def setup_routes(app: web.Application, signaling: "SignalingService") -> None:

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from loadtest.peer import SyntheticSite
+from loadtest.rehearse import histogram_quantiles, parse_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +47,12 @@ async def test_metrics_follow_a_live_meeting(hoinghi_server):
             assert _value(text, "hoinghi_packets_total", meeting="demo", direction="out") > 100
             assert _value(text, "hoinghi_bytes_total", meeting="demo", direction="in") > 10_000
             assert _value(text, "hoinghi_downlink_estimate_bps_count") >= 1
+            # every packet sent is in the pacer-wait histogram (those that never queued at 0)
+            assert _value(text, "hoinghi_pacer_wait_seconds_count") == _value(
+                text, "hoinghi_packets_total", meeting="demo", direction="out"
+            )
+            q = histogram_quantiles({}, parse_metrics(text), "hoinghi_pacer_wait_seconds", (0.5, 0.99))
+            assert q is not None and 0 < q[0] <= q[1] and q[1] != 0
             # the uplink budget: no limit set, what is sent measured all the same
             assert _value(text, "hoinghi_egress_bps", what="capacity") == 0
             assert _value(text, "hoinghi_egress_bps", what="sent") > 0
@@ -57,3 +64,16 @@ async def test_metrics_follow_a_live_meeting(hoinghi_server):
         finally:
             await pub.close()
             await sub.close()
+
+
+def test_histogram_quantiles_read_the_window_between_two_scrapes() -> None:
+    def scrape(counts: list[int]) -> dict:
+        text = "".join(
+            f'h_bucket{{le="{b}"}} {c}\n' for b, c in zip(("0.001", "0.01", "0.1", "+Inf"), counts)
+        )
+        return parse_metrics(text)
+
+    m0 = scrape([100, 100, 100, 100])  # before the window: all fast
+    m1 = scrape([190, 198, 199, 200])  # in it: 90 of 100 within 1 ms, 8 more within 10, 1 within 100, 1 over
+    assert histogram_quantiles(m0, m1, "h", (0.5, 0.9, 0.98, 0.99, 1.0)) == (1.0, 1.0, 10.0, 100.0, -100.0)
+    assert histogram_quantiles(m1, m1, "h", (0.5,)) is None  # nothing in the window

@@ -234,7 +234,7 @@ async def test_a_congestion_drop_takes_the_old_layers_backlog_back_from_the_pace
         for packets in _frames(30, rng):
             for _tid, data in packets:
                 c.write(_info(data), hi, 0.0)  # type: ignore[arg-type]
-        queued = [bytes(p) for p, _ in t._pace_queue]
+        queued = [bytes(p) for p, _, _ in t._pace_queue]
         assert len(queued) > 20
         first_queued = struct.unpack("!H", queued[0][2:4])[0]
         packets_before = c.packets
@@ -252,7 +252,7 @@ async def test_a_congestion_drop_takes_the_old_layers_backlog_back_from_the_pace
         assert c.source is lo
         last = t._pace_queue[-1][0] if t._pace_queue else None
         assert last is not None
-        firsts = [struct.unpack("!H", bytes(p)[2:4])[0] for p, _ in t._pace_queue]
+        firsts = [struct.unpack("!H", bytes(p)[2:4])[0] for p, _, _ in t._pace_queue]
         assert firsts[0] == (first_queued + 1) & 0xFFFF, (first_queued, firsts)
     finally:
         await t.pc.close()
