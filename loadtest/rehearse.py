@@ -900,7 +900,8 @@ async def run_processes(reh: Rehearsal, http: aiohttp.ClientSession, k: int) -> 
         job = {"worker": w, "url": reh.server.url, "meeting": reh.server.meeting, "t0_wall": t0_wall, "order": idx,
                "args": plain_args, "tokens": {reh.specs[i].site_id: tokens[reh.specs[i].site_id] for i in idx},
                "specs": [{"site_id": reh.specs[i].site_id, "name": reh.specs[i].name, "role": reh.specs[i].role,
-                          "level": reh.specs[i].level, "profile": reh.specs[i].profile.as_dict()} for i in idx]}
+                          "level": reh.specs[i].level, "profile": reh.specs[i].profile.as_dict()} for i in idx],
+               "nice": getattr(reh.args, "generator_nice", 0)}
         (tmp / f"job{w}.json").write_text(json.dumps(job, ensure_ascii=False))
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "loadtest.rehearse_worker", str(tmp / f"job{w}.json"), str(tmp / f"result{w}.json"),

@@ -24,6 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-pid", type=int, help="with --url on this machine: read CPU/memory from /proc of this PID")
     p.add_argument("--processes", type=int, default=1,
                    help="spread the sites over this many generator processes (one core each: for 50+ sites)")
+    p.add_argument("--generator-nice", type=int, default=0, metavar="N",
+                   help="run the generator processes at this niceness (e.g. 10), so that a server on the same "
+                        "machine gets the CPU first, as it would on its own machine; starved generators then "
+                        "show up as stalls and late feedback, not as server loss")
     p.add_argument("--sites", type=int, default=10, help="number of sites (the hub first, then the registry's order)")
     p.add_argument("--seconds", type=float, default=20.0, help="how long the meeting runs once everyone joined")
     p.add_argument("--join-rate", type=float, default=5.0, help="sites joining per second")

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -75,6 +76,8 @@ async def run(job: dict, out: Path) -> None:
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     job = json.loads(Path(sys.argv[1]).read_text())
+    if job.get("nice"):
+        os.nice(int(job["nice"]))
     try:
         import uvloop
 
