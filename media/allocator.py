@@ -279,6 +279,7 @@ class StreamAllocator:
         # what the pacer still holds, in seconds at the rate it is about to get: a queue built
         # at the old rate can be seconds long at the new one
         self._backlog_s = t.pace_queued_bytes() * 8 / max(1.0, estimate * t.PACE_FACTOR)
+        pace_factor = t.PACE_FACTOR if near_limit else t.PACE_FACTOR_FREE
         # (a longer grace for a dip of one GCC cut, 3 s above 0.8 of what is sent, was tried:
         # 720p behind 2 Mbit/s then built a pacer queue that dropped 670 packets, 5 freezes)
         urgent = (
@@ -330,7 +331,7 @@ class StreamAllocator:
         self.allocated_bps = self._cost({c: self.current(c) for c in consumers})
         # pace at the estimate, but never below what was just decided to be sent (a stream
         # kept on its only layer over an unproven estimate must not queue up in the pacer)
-        t.set_pacing(max(estimate, self.allocated_bps + audio) if t.estimator.mode != "none" else 0.0)
+        t.set_pacing(max(estimate, self.allocated_bps + audio) if t.estimator.mode != "none" else 0.0, pace_factor)
         if self.allocated_bps + audio > estimate:
             self.deficient = True  # kept over budget: probing is how the estimate catches up
         self._maybe_probe(now)
