@@ -322,6 +322,7 @@ class SiteState:
         self.steady_freeze_s = 0.0
         self.steady_t: Optional[float] = None
         self.steady_lat = 0  # latency samples before the steady window
+        self.steady_pacer_dropped = 0  # the server's pacer drops for this site before it
         self.layers_seen = 1
         self.filled_max = 0  # most video slots the server filled at once
         self.stage_rids: list = []
@@ -659,6 +660,7 @@ class Rehearsal:
             st.steady_packets = self._site_packets(st)
             d = st.site.shaper.down if st.site.shaper else None
             st.steady_link_dropped = d.dropped_rtp if d is not None else 0
+            st.steady_pacer_dropped = (st.site.peer.link_stats or {}).get("pacer_dropped") or 0
 
     @staticmethod
     def _site_packets(st: SiteState) -> int:
@@ -750,6 +752,8 @@ class Rehearsal:
             ls = site.peer.link_stats or {}
             summary["server_loss_in"] = ls.get("loss_in")
             summary["server_loss_out"] = ls.get("loss_out")
+            if ls.get("pacer_dropped") is not None:
+                summary["server_pacer_dropped"] = max(0, ls["pacer_dropped"] - st.steady_pacer_dropped)
             summary["own_layers_arriving"] = ls.get("video_layers")
             summary["rtt_ms"] = ls.get("rtt_ms")
             summary["publish_layers"] = getattr(site.peer, "publish_layers", None)
@@ -1136,7 +1140,8 @@ TEXT = {
         "paused": "trung bình {n:.1f}/{m} hình nhỏ bị tạm dừng (thiếu băng thông)",
         "loss": "mất gói {pct:.1f}%",
         "unlimited": "không giới hạn (máy chủ ước lượng {est:.0f} kbit/s)",
-        "loss_elsewhere": "mất gói {pct:.1f}%, phần lớn do đường lên của các điểm cầu khác (trên đường xuống của điểm này {own:.1f}%)",
+        "loss_elsewhere": "mất gói {pct:.1f}%, không phải trên đường xuống của điểm này ({own:.1f}%): trên đường lên của các điểm cầu khác, hoặc máy chạy thử quá tải",
+        "loss_pacer": "mất gói {pct:.1f}%: máy chủ phải bỏ bớt vì đường truyền ước tính chỉ {est:.0f} kbit/s (trên đường xuống của điểm này {own:.1f}%)",
         "freezes": "{n} lần đứng hình ({s:.1f} s)",
         "uplink": "đường lên {link} chỉ gửi được {sendable} trong khi cần {wanted} (khi điểm cầu này được xem lớn)",
         "uplink_loss": "mất gói chiều lên {pct:.1f}% (các điểm khác thấy hình của điểm cầu này kém)",
@@ -1149,7 +1154,8 @@ TEXT = {
         "paused": "on average {n:.1f}/{m} thumbnails paused (not enough bandwidth)",
         "loss": "{pct:.1f}% loss",
         "unlimited": "unlimited (server estimate {est:.0f} kbit/s)",
-        "loss_elsewhere": "{pct:.1f}% loss, mostly from other sites' uplinks (on this site's own downlink {own:.1f}%)",
+        "loss_elsewhere": "{pct:.1f}% loss, not on this site's own downlink ({own:.1f}%): on other sites' uplinks, or this machine's generators falling behind",
+        "loss_pacer": "{pct:.1f}% loss: the server dropped what its estimate of this link ({est:.0f} kbit/s) could not carry (on the link itself {own:.1f}%)",
         "freezes": "{n} freezes ({s:.1f} s)",
         "uplink": "uplink {link} carries only {sendable} of the {wanted} asked for (when this site is shown large)",
         "uplink_loss": "{pct:.1f}% upstream loss (others see this site's video poorly)",
@@ -1182,8 +1188,18 @@ def struggles(site: dict, simulcast: bool, lang: str = "vi") -> list[str]:
         out.append(t["paused"].format(n=s["paused_slots_mean"], m=max(1, s.get("video_slots_filled") or 1)))
     if (s.get("loss_pct") or 0) >= LOSS_STRUGGLE_PCT:
         own = s.get("own_link_loss_pct") or 0.0
-        key = "loss" if own >= s["loss_pct"] / 2 else "loss_elsewhere"
-        out.append(t[key].format(pct=s["loss_pct"], own=own))
+        # where the packets were lost: this site's own link; the server's pacer for this site
+        # (it dropped what waited over a second at this site's estimate); else between the
+        # publishers and the server, or on this machine (generators falling behind)
+        lost = s["loss_pct"] / 100.0 * s["packets"] / max(1e-9, 1.0 - s["loss_pct"] / 100.0)
+        by_pacer = s.get("server_pacer_dropped") or 0
+        if own >= s["loss_pct"] / 2:
+            key = "loss"
+        elif lost and by_pacer >= lost / 2:
+            key = "loss_pacer"
+        else:
+            key = "loss_elsewhere"
+        out.append(t[key].format(pct=s["loss_pct"], own=own, est=s.get("estimate_kbps_last") or 0))
     n_fz = s["freezes"] - s.get("freezes_generator", 0)  # the generator's own stalls are not the server's
     fz_s = max(0.0, s["freeze_s"] - s.get("freeze_s_generator", 0.0))
     per_min = n_fz / max(1e-6, s["seconds"]) * 60

@@ -795,6 +795,7 @@ class WebRtcTransport:
             "send_bps": round(self._send_bps),
             "desired_bps": round(self.allocator.desired_bps),
             "layer_switches": self.allocator.switches,
+            "pacer_dropped": self.pace_dropped,
             "packets_in": self.packets_in,
             "packets_out": self.packets_out,
             "bytes_in": self.bytes_in,

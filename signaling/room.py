@@ -278,6 +278,9 @@ class Room:
             # the layer of the large view (first filled video slot), what the roster shows
             "layer": min(filled, key=lambda r: r.get("index", 0)).get("layer") if filled else None,
             "video_layers": sum(1 for x in video_pub.get("layers", []) if x.get("active")) if video_pub else 0,
+            # packets to this site the server dropped itself (its pacer held more than a
+            # second at the site's estimate): loss that is neither the site's link nor an uplink
+            "pacer_dropped": st.get("pacer_dropped", 0),
         }
 
     def _receiving(self, st: dict, raw: dict[str, Optional[dict]]) -> list[dict]:

@@ -171,6 +171,13 @@ def test_struggle_reasons_name_the_cause() -> None:
     assert any("4.0% loss" in r for r in reasons)
     vi = struggles(dict(base, summary=summary), simulcast=True, lang="vi")
     assert "300 kbit/s" in vi[0] and "180p" in vi[0]
+    # loss not on the site's own link: the server's pacer drops for it say where it went
+    pacer = dict(summary, loss_pct=5.0, own_link_loss_pct=0.0, server_pacer_dropped=40, estimate_kbps_last=250)
+    assert any(r.startswith("5.0% loss: the server dropped") and "250 kbit/s" in r
+               for r in struggles(dict(base, summary=pacer), simulcast=True, lang="en"))
+    elsewhere = dict(pacer, server_pacer_dropped=0)
+    assert any("not on this site's own downlink" in r for r in struggles(dict(base, summary=elsewhere), simulcast=True, lang="en"))
+    assert any("máy chủ phải bỏ bớt" in r for r in struggles(dict(base, summary=pacer), simulcast=True, lang="vi"))
     fine = dict(summary, loss_pct=0.1, own_link_loss_pct=0.1, stage_layer_max=2)
     assert struggles(dict(base, summary=fine), simulcast=True) == []
     assert struggles(dict(base, joined=False, error="TimeoutError", summary={}), simulcast=True)
