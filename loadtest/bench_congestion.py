@@ -13,7 +13,9 @@ queue). Measured, per cap:
 - time to climb back: from lifting the cap until 1280x720 frames are decoded again.
 
 With `--thumbnails N` the meeting is a realistic one: N more sites (synthetic aiortc
-publishers, 320x180 at 15 fps, muted) join after the Chromium site, so the receiver
+publishers, 320x180 at 15 fps, muted; with `--camera textured` a noisy panned texture, so
+their encoders spend the 150-200 kbit/s a browser's q layer does) join after the Chromium
+site, so the receiver
 shows the Chromium site on the stage (slot 0) and the others as thumbnails. Utilisation is
 then the receiver's whole downlink (stage + thumbnails + audio) over the cap, which is what
 a site's link is for; layer, freezes and switches are the stage's.
@@ -136,7 +138,7 @@ async def run(caps_kbps: list[int], steady_s: float, json_path: str | None, thum
                 # muted, as most sites of a meeting are: the speaker ranking must not move them
                 # onto the stage ahead of the Chromium site
                 other = SyntheticSite(url, tokens.issue("demo", f"thumb-{i}", "site", 3600), video_size=(320, 180), fps=15,
-                                      publish_audio=False)
+                                      publish_audio=False, textured=camera == "textured")
                 await other.join()
                 await other.start_media()
                 others.append(other)

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 class PatternVideoTrack(VideoStreamTrack):
     """A moving test pattern at a fixed frame rate (aiortc encodes it: client side only)."""
 
-    def __init__(self, width: int = 320, height: int = 240, fps: int = 15) -> None:
+    def __init__(self, width: int = 320, height: int = 240, fps: int = 15, textured: bool = False) -> None:
         super().__init__()
         self.width, self.height, self.fps = width, height, fps
         self.frames = 0
@@ -49,6 +49,10 @@ class PatternVideoTrack(VideoStreamTrack):
         base = np.zeros((height, width, 3), np.uint8)
         base[:, :, 1] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
         self._base = base
+        # textured: 2 s of a panned, noisy texture (loadtest/camera_file.py's look), looped, so
+        # the encoder spends the bit rate it is given, as with a real camera; the flat pattern
+        # encodes at a fraction of it
+        self._loop = _textured_frames(width, height, 2 * fps) if textured else None
 
     async def recv(self) -> VideoFrame:
         if self._start is None:
@@ -57,14 +61,37 @@ class PatternVideoTrack(VideoStreamTrack):
         delay = target - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        img = self._base.copy()
-        x = (self.frames * 4) % self.width
-        img[:, x : x + 8, :] = 255
+        if self._loop is not None:
+            img = self._loop[self.frames % len(self._loop)]
+        else:
+            img = self._base.copy()
+            x = (self.frames * 4) % self.width
+            img[:, x : x + 8, :] = 255
         frame = VideoFrame.from_ndarray(img, format="bgr24")
         frame.pts = int(self.frames * 90000 / self.fps)
         frame.time_base = fractions.Fraction(1, 90000)
         self.frames += 1
         return frame
+
+
+def _textured_frames(width: int, height: int, n: int, seed: int = 11) -> list:
+    import cv2
+
+    from loadtest.camera_file import _texture
+
+    rng = np.random.default_rng(seed)
+    margin = 24
+    base = _texture(width + 2 * margin, height + 2 * margin, rng)
+    frames = []
+    for i in range(n):
+        phase = 2 * np.pi * i / n
+        x = int(margin + margin * 0.8 * np.sin(phase))
+        y = int(margin + margin * 0.5 * np.sin(2 * phase))
+        frame = base[y : y + height, x : x + width].copy()
+        cv2.circle(frame, (int(width * (0.5 + 0.3 * np.cos(phase))), int(height / 2)), height // 6, (40.0, 90.0, 200.0), -1)
+        frame += rng.normal(0.0, 3.0, frame.shape).astype(np.float32)
+        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+    return frames
 
 
 class ToneAudioTrack(AudioStreamTrack):
@@ -162,7 +189,9 @@ class SyntheticSite:
         transport_cc: bool = True,
         use_ice_servers: bool = False,
         relay_only: bool = False,
+        textured: bool = False,
     ) -> None:
+        self.textured = textured
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.publish_video = publish_video
@@ -265,7 +294,7 @@ class SyntheticSite:
         if self.publish_audio:
             pc.addTransceiver(ToneAudioTrack(), direction="sendonly")
         if self.publish_video:
-            self.video_track = PatternVideoTrack(*self.video_size, fps=self.fps)
+            self.video_track = PatternVideoTrack(*self.video_size, fps=self.fps, textured=self.textured)
             pc.addTransceiver(self.video_track, direction="sendonly")
         for _ in range(nv):
             pc.addTransceiver("video", direction="recvonly")
