@@ -140,7 +140,8 @@ async def run(caps_kbps: list[int], steady_s: float, json_path: str | None, thum
                 other = SyntheticSite(url, tokens.issue("demo", f"thumb-{i}", "site", 3600), video_size=(320, 180), fps=15,
                                       publish_audio=False, textured=camera == "textured")
                 await other.join()
-                await other.start_media()
+                await other.start_media(video_slots=0, audio_slots=0)  # publishers only: decoding every
+                # other thumbnail in this one process would starve the receiver under test
                 others.append(other)
             for cap in caps_kbps:
                 results.append(await _one_cap(url, tokens, cap * 1000, steady_s))

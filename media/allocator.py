@@ -59,6 +59,7 @@ PROBE_TICK_S = 0.01
 CEILING_PROBE = 1.25  # a probe after a failed one aims this far above the rate it failed at
 CEILING_CLEAR = 1.1  # and must be received at least this far above it to count
 THUMBNAIL_MAX_LAYER = 0
+STAGE_PREFERRED_LAYER = 1  # the stage gets up to this layer before thumbnails are admitted
 BACKLOG_THIN_S = 0.3  # a spatial downgrade thins the old layer only behind less pacer backlog
 ALL_TIDS = 3  # "every temporal layer" (VP8 TIDs are 2 bits)
 Step = tuple[int, int]  # (spatial layer, highest temporal id); (-1, -1): paused
@@ -170,11 +171,12 @@ class StreamAllocator:
                 at[c] = 0
                 budget -= r  # charged in full: a kept step leaves nothing for upgrades
                 if c.index == 0:
-                    # the stage (floor/hub) gets its lowest layer at full frame rate before
-                    # any thumbnail is admitted: on a tight link a thumbnail is paused rather
-                    # than the picture everyone watches shown at 5 fps
+                    # the stage (floor/hub) climbs to its preferred layer (360p at full frame
+                    # rate, Jitsi's "preferred" for the on-stage source) before any thumbnail
+                    # is admitted: on a tight link a thumbnail is paused rather than the picture
+                    # everyone watches shown at 5 fps, or at 180p beside six thumbnails
                     i = 0
-                    while i + 1 < len(steps) and steps[i + 1][0][0] == 0 and steps[i + 1][1] - steps[i][1] <= budget:
+                    while i + 1 < len(steps) and steps[i + 1][0][0] <= STAGE_PREFERRED_LAYER and steps[i + 1][1] - steps[i][1] <= budget:
                         budget -= steps[i + 1][1] - steps[i][1]
                         i += 1
                     at[c] = i

@@ -62,7 +62,7 @@ def _slot(rx: _Transport, index: int, producer: Producer) -> Consumer:
     return c
 
 
-def test_stage_gets_full_frame_rate_before_thumbnails_are_admitted() -> None:
+def test_stage_gets_its_preferred_layer_before_thumbnails_are_admitted() -> None:
     rx = _Transport()
     stage = _slot(rx, 0, _publisher("hub", [250_000, 700_000, 1_700_000]))
     # thumbnails from senders without temporal layers (aiortc, Firefox): all or nothing
@@ -76,6 +76,10 @@ def test_stage_gets_full_frame_rate_before_thumbnails_are_admitted() -> None:
     # 450 kbit/s: the stage at full rate and then one thumbnail
     plan = alloc._plan(450_000, rx.consumers["video"])
     assert plan[stage] == (0, 3)
+    assert [plan[t] for t in thumbs].count((-1, -1)) == 2
+    # 1 Mbit/s: the stage's preferred 360p (721k) first, then what is left to thumbnails
+    plan = alloc._plan(1_000_000, rx.consumers["video"])
+    assert plan[stage] == (1, 3)
     assert [plan[t] for t in thumbs].count((-1, -1)) == 2
     # and the stage's lowest steps cost what the layer measures (the wire rate)
     assert abs(layer_rate(q, 0) - 250_000 * 1.03) < 1
