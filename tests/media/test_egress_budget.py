@@ -147,9 +147,10 @@ async def test_floor_keeps_its_top_layer_longest(hoinghi_server):
     sig = server.signaling
     http = aiohttp.ClientSession()
     peers: list[HoinghiSite] = []
-    # heavy thumbnails (~1 Mbit/s): a keyframe-driven swing in the floor's top layer must not
-    # make room for one
-    pacer = Pacer(fps=30, rate=110, audio=False)
+    # heavy thumbnails (~1.7 Mbit/s): a keyframe-driven swing in the floor's top layer must not
+    # make room for one. (At ~1 Mbit/s the budget, seeing the 720p 20 % below the test's one
+    # reading of it, found room for a thumbnail at one receiver in 1 of 4 runs of tests/media.)
+    pacer = Pacer(fps=30, rate=180, audio=False)
     ticker = None
     try:
         floor = HoinghiSite(http, server.url, server.token("floor"), "floor", media=media, simulcast=True,
@@ -215,7 +216,13 @@ async def test_floor_keeps_its_top_layer_longest(hoinghi_server):
         assert 0.5 * top < thumb, (top, thumb)
         cap_top = 2.5 * top / (1 - HEADROOM)
         sig.egress.set_capacity(cap_top)
-        await until(lambda: all(thumbs_playing(t) == 0 for t in rts), 5, "thumbnails paused")
+        try:
+            await until(lambda: all(thumbs_playing(t) == 0 for t in rts), 5, "thumbnails paused")
+        except AssertionError as e:
+            raise AssertionError((str(e), sig.egress.snapshot(), cap_top, top, mid, thumb, [
+                (t.estimator.estimate, t.estimator.mode, t.allocator.limits and list(t.allocator.limits.values()),
+                 [(c.layer, c.paused, c.reason) for c in t.consumers["video"]], t.allocator.last_probe_result)
+                for t in rts])) from None
         await until(lambda: all(stage(t).layer == 2 and not stage(t).paused for t in rts), 15, "the floor at 720p")
         assert all(stage(t).layer == 2 and not stage(t).paused for t in rts), (
             [(stage(t).layer, stage(t).paused, stage(t).reason, list(t.allocator.limits.values()), t.estimator.estimate) for t in rts],
