@@ -62,6 +62,7 @@ THUMBNAIL_MAX_LAYER = 0
 STAGE_PREFERRED_LAYER = 1  # the stage gets up to this layer before thumbnails are admitted
 BACKLOG_THIN_S = 0.3  # a spatial downgrade thins the old layer only behind less pacer backlog
 ALL_TIDS = 3  # "every temporal layer" (VP8 TIDs are 2 bits)
+ALL_LAYERS = 99  # "no spatial bound" for _climb
 Step = tuple[int, int]  # (spatial layer, highest temporal id); (-1, -1): paused
 PAUSED: Step = (-1, -1)
 
@@ -105,6 +106,18 @@ def ladder(streams: list["RecvStream"], top: int) -> list[tuple[Step, float]]:
             if not out or rate > out[-1][1]:
                 out.append((step, rate))
     return out
+
+
+def _climb(steps: list[tuple[Step, float]], i: int, budget: float, max_layer: int) -> tuple[int, float]:
+    """Step up a slot's ladder from step i while the next step's extra cost fits the budget
+    and its spatial layer is at most max_layer: (the step reached, the budget left)."""
+    while i + 1 < len(steps) and steps[i + 1][0][0] <= max_layer:
+        extra = steps[i + 1][1] - steps[i][1]
+        if extra > budget:
+            break
+        budget -= extra
+        i += 1
+    return i, budget
 
 
 class StreamAllocator:
@@ -175,25 +188,14 @@ class StreamAllocator:
                     # rate, Jitsi's "preferred" for the on-stage source) before any thumbnail
                     # is admitted: on a tight link a thumbnail is paused rather than the picture
                     # everyone watches shown at 5 fps, or at 180p beside six thumbnails
-                    i = 0
-                    while i + 1 < len(steps) and steps[i + 1][0][0] <= STAGE_PREFERRED_LAYER and steps[i + 1][1] - steps[i][1] <= budget:
-                        budget -= steps[i + 1][1] - steps[i][1]
-                        i += 1
-                    at[c] = i
+                    at[c], budget = _climb(steps, 0, budget, STAGE_PREFERRED_LAYER)
             else:
                 plan[c] = PAUSED
         # every slot to its lowest layer at full frame rate, then the stage climbs first
         # (slot order = priority)
-        for base_only in (True, False):
+        for max_layer in (0, ALL_LAYERS):
             for c, i in at.items():
-                steps = ladders[c]
-                while i + 1 < len(steps) and not (base_only and steps[i + 1][0][0] > 0):
-                    extra = steps[i + 1][1] - steps[i][1]
-                    if extra > budget:
-                        break
-                    budget -= extra
-                    i += 1
-                at[c] = i
+                at[c], budget = _climb(ladders[c], i, budget, max_layer)
         for c, i in at.items():
             plan[c] = ladders[c][i][0]
         return plan
@@ -280,8 +282,8 @@ class StreamAllocator:
             self.short_since = now
         # what the pacer still holds, in seconds at the rate it is about to get: a queue built
         # at the old rate can be seconds long at the new one
-        self._backlog_s = t.pace_queued_bytes() * 8 / max(1.0, estimate * t.PACE_FACTOR)
         pace_factor = t.PACE_FACTOR if near_limit else t.PACE_FACTOR_FREE
+        self._backlog_s = t.pace_queued_bytes() * 8 / max(1.0, estimate * pace_factor)
         # (a longer grace for a dip of one GCC cut, 3 s above 0.8 of what is sent, was tried:
         # 720p behind 2 Mbit/s then built a pacer queue that dropped 670 packets, 5 freezes)
         urgent = (
