@@ -314,19 +314,17 @@ class BandwidthEstimator:
         cap said 290 kbit/s to no effect; then a 360p upgrade overflowed the link."""
         self.probed = True
         rate = result.bitrate
-        if saturated and rate < self.estimate:
-            self._rate.set_estimate(int(rate), int(now * 1000))
-            self.delay_bps = rate
-            self.loss_bps = min(self.loss_bps, rate)
-            if self.remb_bps is not None:
-                self.remb_bps = min(self.remb_bps, rate)
+        lower = saturated and rate < self.estimate
+        if not lower and not ((reached or saturated) and rate > self.estimate):
+            return
+        pick = min if lower else max
+        self._rate.set_estimate(int(rate), int(now * 1000))
+        self.delay_bps = rate
+        self.loss_bps = pick(self.loss_bps, rate)
+        if self.remb_bps is not None:
+            self.remb_bps = pick(self.remb_bps, rate)
+        if lower:
             self.last_decrease = now
-        elif (reached or saturated) and rate > self.estimate:
-            self._rate.set_estimate(int(rate), int(now * 1000))
-            self.delay_bps = rate
-            self.loss_bps = max(self.loss_bps, rate)
-            if self.remb_bps is not None:
-                self.remb_bps = max(self.remb_bps, rate)
 
     # ---------------------------------------------------------------- loss-based control
 

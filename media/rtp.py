@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Optional
 
-# Header-extension kinds the forwarding core understands. A per-transport table maps the
-# negotiated extension id (1..14, or 1..255 for two-byte headers) to one of these.
 # What one RTP packet costs on the wire beyond its RTP bytes: the SRTP auth tag (10, AES-CM
 # HMAC-SHA1-80) plus IPv4 and UDP headers (28). Rates that are compared with a link's capacity
 # (layer rates, the bandwidth estimate, probes) count it, as libwebrtc's send-side BWE does: a
 # 180p layer in 300-byte packets costs 13 % more than its payload says.
 WIRE_OVERHEAD = 38
 
+# Header-extension kinds the forwarding core understands. A per-transport table maps the
+# negotiated extension id (1..14, or 1..255 for two-byte headers) to one of these.
 EXT_NONE = 0
 EXT_MID = 1
 EXT_RID = 2
