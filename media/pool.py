@@ -24,6 +24,7 @@ import time
 from typing import Any, Callable, Optional
 
 from .sdp import OfferError
+from .transport import add_counts
 from .speaker import WINDOW_S, SpeakerDetector
 from .transport import MediaSettings
 from .worker import MAX_FRAME, read_frame, write_frame
@@ -663,9 +664,7 @@ class RouterProxy:
         for tot in self._totals.values():
             for k, v in tot.items():
                 if k == "pace_waited":  # histogram counts: add bucket by bucket
-                    acc = out.setdefault(k, [0] * len(v))
-                    for i, n in enumerate(v[: len(acc)]):
-                        acc[i] += n
+                    add_counts(out.setdefault(k, []), v)
                 elif isinstance(v, list):
                     out.setdefault(k, []).extend(v)
                 else:

@@ -13,6 +13,7 @@ the order they started publishing. Last-N, speaker order and the floor refine th
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Callable, Optional
@@ -21,7 +22,7 @@ from .consumer import Consumer
 from .pipe import PipeOrigin
 from .producer import Producer, RecvStream
 from .speaker import WINDOW_S, SpeakerDetector
-from .transport import MediaSettings, WebRtcTransport
+from .transport import MediaSettings, WebRtcTransport, add_counts
 
 logger = logging.getLogger(__name__)
 
@@ -422,7 +423,7 @@ class Router:
             "switches": sum(c.switches for c in consumers),
             "paused": sum(1 for c in consumers if c.kind == "video" and c.paused),
             "estimates": [t.estimator.estimate for t in transports if t.estimator.mode != "none"],
-            "pace_waited": [sum(col) for col in zip(*(t.pace_waited for t in transports))] if transports else [],
+            "pace_waited": functools.reduce(add_counts, (t.pace_waited for t in transports), []),
             "pace_wait_s": sum(t.pace_wait_s for t in transports),
         }
 

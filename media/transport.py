@@ -52,7 +52,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PACE_WAIT_BOUNDS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+# bucket bounds of the latency histograms (pacer wait, event-loop lag); one more bucket: longer
+LATENCY_BOUNDS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def add_counts(acc: list[int], counts: list[int]) -> list[int]:
+    """Add one histogram's bucket counts into another (grown as needed); returns acc."""
+    if len(acc) < len(counts):
+        acc.extend([0] * (len(counts) - len(acc)))
+    for i, n in enumerate(counts):
+        acc[i] += n
+    return acc
 RTCP_INTERVAL = 1.0  # mean seconds between receiver/sender reports
 
 
@@ -161,10 +171,10 @@ class WebRtcTransport:
         self._pace_queue: deque = deque()
         self._pace_queued_bytes = 0
         self.pace_dropped = 0  # ssrcs -> (value, congested, time, octets, send bps)
-        # how long sent packets waited in the pacer: counts per PACE_WAIT_BOUNDS_S bucket (the
+        # how long sent packets waited in the pacer: counts per LATENCY_BOUNDS_S bucket (the
         # last one: longer), for packets that queued at all; the rest went out at once. What
         # the SFU itself adds to latency, apart from its event loop's own lag
-        self.pace_waited = [0] * (len(PACE_WAIT_BOUNDS_S) + 1)
+        self.pace_waited = [0] * (len(LATENCY_BOUNDS_S) + 1)
         self.pace_wait_s = 0.0
         # counters for metrics and benchmarks
         self.packets_in = 0
@@ -636,7 +646,7 @@ class WebRtcTransport:
             self._send_now(packet, tcc_off)
             wait = now - queued
             self.pace_wait_s += wait
-            self.pace_waited[bisect_left(PACE_WAIT_BOUNDS_S, wait)] += 1
+            self.pace_waited[bisect_left(LATENCY_BOUNDS_S, wait)] += 1
         self._pace_tokens = tokens
         if queue:
             asyncio.get_running_loop().call_later((len(queue[0][0]) + WIRE_OVERHEAD - tokens) / rate, self._pace_drain)

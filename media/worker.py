@@ -32,7 +32,7 @@ from .producer import Producer
 from .recorder import MeetingRecorder
 from .router import Router
 from .sdp import OfferError
-from .transport import PACE_WAIT_BOUNDS_S, MediaSettings
+from .transport import LATENCY_BOUNDS_S, MediaSettings
 
 logger = logging.getLogger("media.worker")
 
@@ -119,7 +119,7 @@ class Worker:
         port = await self.pipe.start()
         self.send({"ev": "hello", "index": self.index, "pipe_port": port, "os_pid": os.getpid()})
         self._stats_task = asyncio.ensure_future(self._stats_loop())
-        self.loop_lag = [0] * (len(PACE_WAIT_BOUNDS_S) + 1)
+        self.loop_lag = [0] * (len(LATENCY_BOUNDS_S) + 1)
         self._lag_task = asyncio.ensure_future(self._lag_loop())
         self.egress.start()
         while True:
@@ -300,7 +300,7 @@ class Worker:
         while True:
             t = loop.time()
             await asyncio.sleep(LAG_TICK_S)
-            lag[bisect_left(PACE_WAIT_BOUNDS_S, max(0.0, loop.time() - t - LAG_TICK_S))] += 1
+            lag[bisect_left(LATENCY_BOUNDS_S, max(0.0, loop.time() - t - LAG_TICK_S))] += 1
 
     async def _stats_loop(self) -> None:
         while True:

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
-from media.transport import PACE_WAIT_BOUNDS_S
+from media.transport import LATENCY_BOUNDS_S, add_counts
 
 if TYPE_CHECKING:
     from signaling.service import SignalingService
@@ -72,10 +72,7 @@ class RoomCollector:
             switches.add_metric([mid], tot["switches"])
             paused.add_metric([mid], tot["paused"])
             estimates.extend(tot["estimates"])
-            for i, n in enumerate(tot.get("pace_waited") or []):
-                if i >= len(waited):
-                    waited.append(0)
-                waited[i] += n
+            add_counts(waited, tot.get("pace_waited") or [])
             wait_s += tot.get("pace_wait_s", 0.0)
             sent += tot["packets_out"]
         buckets = []
@@ -107,10 +104,7 @@ class RoomCollector:
                 w_restarts.add_metric(label, w["restarts"])
                 w_pipe.add_metric(label + ["in"], w["pipe_in"])
                 w_pipe.add_metric(label + ["out"], w["pipe_out"])
-                for i, n in enumerate(w.get("loop_lag") or []):
-                    if i >= len(lag):
-                        lag.append(0)
-                    lag[i] += n
+                add_counts(lag, w.get("loop_lag") or [])
             yield from (w_cpu, w_rss, w_sites, w_up, w_restarts, w_pipe)
             yield _histogram("hoinghi_worker_loop_lag_seconds",
                              "How late the media workers' event loops ran a 20 ms timer (all workers)", lag, 0, None)
@@ -118,15 +112,15 @@ class RoomCollector:
 
 
 def _histogram(name: str, doc: str, counts: list[int], extra_first: int, total_s: Optional[float]) -> HistogramMetricFamily:
-    """Per-bucket counts over PACE_WAIT_BOUNDS_S (+ one for longer) as a Prometheus histogram."""
-    counts = list(counts) + [0] * (len(PACE_WAIT_BOUNDS_S) + 1 - len(counts))
+    """Per-bucket counts over LATENCY_BOUNDS_S (+ one for longer) as a Prometheus histogram."""
+    counts = list(counts) + [0] * (len(LATENCY_BOUNDS_S) + 1 - len(counts))
     counts[0] += extra_first
     buckets = []
     acc = 0
-    for bound, n in zip(PACE_WAIT_BOUNDS_S, counts):
+    for bound, n in zip(LATENCY_BOUNDS_S, counts):
         acc += n
         buckets.append((f"{bound:g}", acc))
-    buckets.append(("+Inf", acc + counts[len(PACE_WAIT_BOUNDS_S)]))
+    buckets.append(("+Inf", acc + counts[len(LATENCY_BOUNDS_S)]))
     return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total_s if total_s is not None else 0.0)
 
 
