@@ -30,6 +30,29 @@ def _texture(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img * 255.0, 0, 255)
 
 
+def _frame(base: np.ndarray, margin: int, width: int, height: int, i: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Frame i of n (BGR, uint8) cut from the texture `base`: a slow pan that returns to
+    its start (so a loop has no jump), a moving object (a presenter's hand, a page turned)
+    and sensor noise (what makes every frame cost bits, as with a real camera)."""
+    phase = 2 * np.pi * i / n
+    x = int(margin + margin * 0.8 * np.sin(phase))
+    y = int(margin + margin * 0.5 * np.sin(2 * phase))
+    frame = base[y : y + height, x : x + width].copy()
+    cx = int(width * (0.5 + 0.3 * np.cos(phase)))
+    cy = int(height * (0.5 + 0.25 * np.sin(phase)))
+    cv2.circle(frame, (cx, cy), height // 8, (40.0, 90.0, 200.0), -1)
+    frame += rng.normal(0.0, 3.0, frame.shape).astype(np.float32)
+    return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def textured_frames(width: int, height: int, n: int, seed: int = 11) -> list[np.ndarray]:
+    """n frames of the same look in memory (for a small synthetic camera, looped)."""
+    rng = np.random.default_rng(seed)
+    margin = max(8, width // 12)
+    base = _texture(width + 2 * margin, height + 2 * margin, rng)
+    return [_frame(base, margin, width, height, i, n, rng) for i in range(n)]
+
+
 def textured_y4m(width: int = 1280, height: int = 720, fps: int = 20, seconds: float = 4.0, seed: int = 7) -> Path:
     """Path of the cached Y4M file (written on first use; ~110 MB for the defaults)."""
     path = CACHE / f"camera-textured-{width}x{height}-{fps}fps-{seconds:g}s-{seed}.y4m"
@@ -44,18 +67,7 @@ def textured_y4m(width: int = 1280, height: int = 720, fps: int = 20, seconds: f
     with open(tmp, "wb") as out:
         out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
         for i in range(frames):
-            # a slow pan that returns to its start, so the loop has no jump
-            phase = 2 * np.pi * i / frames
-            x = int(margin + margin * 0.8 * np.sin(phase))
-            y = int(margin + margin * 0.5 * np.sin(2 * phase))
-            frame = base[y : y + height, x : x + width].copy()
-            # a moving object (a presenter's hand, a page turned)
-            cx = int(width * (0.5 + 0.3 * np.cos(phase)))
-            cy = int(height * (0.5 + 0.25 * np.sin(phase)))
-            cv2.circle(frame, (cx, cy), height // 8, (40.0, 90.0, 200.0), -1)
-            # sensor noise: what makes every frame cost bits, as with a real camera
-            frame += rng.normal(0.0, 3.0, frame.shape).astype(np.float32)
-            bgr = np.clip(frame, 0, 255).astype(np.uint8)
+            bgr = _frame(base, margin, width, height, i, frames, rng)
             out.write(b"FRAME\n")
             out.write(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420).tobytes())
     tmp.replace(path)

@@ -52,7 +52,11 @@ class PatternVideoTrack(VideoStreamTrack):
         # textured: 2 s of a panned, noisy texture (loadtest/camera_file.py's look), looped, so
         # the encoder spends the bit rate it is given, as with a real camera; the flat pattern
         # encodes at a fraction of it
-        self._loop = _textured_frames(width, height, 2 * fps) if textured else None
+        self._loop = None
+        if textured:
+            from loadtest.camera_file import textured_frames
+
+            self._loop = textured_frames(width, height, 2 * fps)
 
     async def recv(self) -> VideoFrame:
         if self._start is None:
@@ -72,26 +76,6 @@ class PatternVideoTrack(VideoStreamTrack):
         frame.time_base = fractions.Fraction(1, 90000)
         self.frames += 1
         return frame
-
-
-def _textured_frames(width: int, height: int, n: int, seed: int = 11) -> list:
-    import cv2
-
-    from loadtest.camera_file import _texture
-
-    rng = np.random.default_rng(seed)
-    margin = 24
-    base = _texture(width + 2 * margin, height + 2 * margin, rng)
-    frames = []
-    for i in range(n):
-        phase = 2 * np.pi * i / n
-        x = int(margin + margin * 0.8 * np.sin(phase))
-        y = int(margin + margin * 0.5 * np.sin(2 * phase))
-        frame = base[y : y + height, x : x + width].copy()
-        cv2.circle(frame, (int(width * (0.5 + 0.3 * np.cos(phase))), int(height / 2)), height // 6, (40.0, 90.0, 200.0), -1)
-        frame += rng.normal(0.0, 3.0, frame.shape).astype(np.float32)
-        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
-    return frames
 
 
 class ToneAudioTrack(AudioStreamTrack):
