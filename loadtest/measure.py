@@ -358,8 +358,8 @@ class MeasuringReceiver:
         inner = peer.transport.on_rtp
         by_ssrc = self._by_ssrc
 
-        def on_rtp(data: bytes, plain: bool = True) -> None:
-            inner(data, plain)
+        def on_rtp(data: bytes, plain: bool = True, arrival_ns: int = 0) -> None:
+            inner(data, plain, arrival_ns)
             if not plain:
                 return
             if not self._bound:

@@ -48,6 +48,7 @@ from urllib.parse import urlparse
 import aiohttp
 
 from .linkprofile import SiteSpec, plan_sites, read_profiles_csv, read_registry
+from .media_sender import MediaPacer
 from .rawpeer import FeedbackTicker, window_loss
 from .rehearse_args import add_arguments
 from .sitesim import UDP_IP_OVERHEAD, SimSite, StallWatch, make_media
@@ -648,6 +649,8 @@ class Rehearsal:
         print(line, flush=True)
 
     async def _mark_steady(self, http: aiohttp.ClientSession) -> None:
+        pacer = MediaPacer._shared
+        self.send_lag0 = list(pacer.lag_hist) if pacer is not None else None
         self.metrics_first = await self._metrics(http)
         self.cpu_first = proc_cpu_s(self.server.pid) if self.server.pid else None
         for st in self.states:
@@ -836,8 +839,10 @@ class Rehearsal:
             warnings.append(f"the synthetic sites' event loop stalled {len(stalls)} times for over "
                             f"{int(self.stalls.threshold * 1000)} ms (max {max(late for _, late in stalls) * 1000:.0f} ms; "
                             f"a busy machine?): {fg} of the {fz} freezes coincide and are not counted against the server")
+        send_lag = _send_lag_window(getattr(self, "send_lag0", None))
         for w in workers or []:
             n_stalls += w["totals"].get("generator_stalls", 0)
+            send_lag = _add_hist(send_lag, w["totals"].get("send_lag_hist"))
             warnings += [f"worker {w['worker']}: {x}" for x in w.get("warnings", [])]
         gen = [x for x in self.timeline["generator_cpu_pct"] if x is not None]
         if workers:
@@ -860,6 +865,10 @@ class Rehearsal:
             "freezes": sum(x["freezes"] for x in sums),
             "freezes_generator": sum(x.get("freezes_generator", 0) for x in sums),
             "generator_stalls": n_stalls,
+            # how late the generators' media pacers sent frames: part of the latency the sites
+            # measure that is this machine's, not the server's
+            "send_lag_hist": _trim(list(send_lag or [])),
+            **_hist_pctl(send_lag, "send_lag_ms"),
             "generator_processes": len(workers) if workers else 1,
             "join_s_p50": _pctl(join_times, 50), "join_s_max": join_times[-1] if join_times else None,
             "first_media_s_p50": _pctl(fm, 50), "first_media_s_max": fm[-1] if fm else None,
@@ -1092,6 +1101,39 @@ def _latency_summary(samples: list) -> dict:
             "latency_samples": len(xs), "latency_hist": _trim(hist)}
 
 
+def _send_lag_window(hist0: Optional[list]) -> Optional[list]:
+    """This process's MediaPacer tick lateness since the steady window began (1 ms bins)."""
+    pacer = MediaPacer._shared
+    if pacer is None or hist0 is None:
+        return None
+    return [a - b for a, b in zip(pacer.lag_hist, hist0)]
+
+
+def _add_hist(a: Optional[list], b: Optional[list]) -> Optional[list]:
+    if not b:
+        return a
+    if not a:
+        return list(b)
+    n = max(len(a), len(b))
+    return [(a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(n)]
+
+
+def _hist_pctl(hist: Optional[list], key: str) -> dict:
+    """p50/p99 (ms, the bin's upper edge) of a 1 ms histogram."""
+    total = sum(hist or ())
+    if not total:
+        return {f"{key}_p50": None, f"{key}_p99": None}
+    out = {}
+    for q, name in ((0.5, "p50"), (0.99, "p99")):
+        acc = 0
+        for i, n in enumerate(hist):  # type: ignore[arg-type]
+            acc += n
+            if acc >= q * total:
+                out[f"{key}_{name}"] = float(i + 1)
+                break
+    return out
+
+
 def _trim(hist: list) -> list:
     while hist and hist[-1] == 0:
         hist.pop()
@@ -1239,6 +1281,8 @@ def summary_table(result: dict) -> str:
                  f"latency p50 {_f(t.get('latency_ms_p50'), 1)} / p99 {_f(t.get('latency_ms_p99'), 1)} ms, "
                  + (f"viewers (decoded, {t['viewer']['sites']} sites): glass-to-glass p50 {_f(t['viewer']['latency_ms_p50_median'], 1)} ms, "
                     f"{t['viewer']['freezes']} frozen, {t['viewer']['skipped']} skipped frames; " if t.get("viewer") else "")
+                 + (f"generators sent frames p50 {_f(t['send_lag_ms_p50'], 0)} / p99 {_f(t['send_lag_ms_p99'], 0)} ms late "
+                    "(in the latency above; this machine's, not the server's); " if t.get("send_lag_ms_p50") is not None else "")
                  + f"join p50 {_f(t['join_s_p50'], 2)} s (max {_f(t['join_s_max'], 2)}), first media p50 {_f(t['first_media_s_p50'], 2)} s; "
                  f"server CPU {_f(sv.get('cpu_pct_mean'), 0)}%, RSS max {_f(sv.get('rss_mb_max'), 0)} MB, "
                  + (f"SFU-added latency: pacer p50 {_le(sv['pacer_wait_ms_p50'])} / p99 {_le(sv['pacer_wait_ms_p99'])} ms, "

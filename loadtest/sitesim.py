@@ -50,10 +50,16 @@ class _Direction:
     """Loss, rate cap (FIFO queue of at most queue_s of data) and fixed delay for one direction."""
 
     __slots__ = ("loop", "deliver", "bps", "delay", "loss", "queue_s", "rng", "free_at", "q", "timer",
-                 "dropped_loss", "dropped_queue", "dropped_rtcp", "passed", "passed_bytes")
+                 "dropped_loss", "dropped_queue", "dropped_rtcp", "passed", "passed_bytes", "clock_ns", "delivering_ns")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[bytes], None], bps: Optional[float],
-                 delay_s: float, loss: float, queue_s: float, rng: random.Random) -> None:
+                 delay_s: float, loss: float, queue_s: float, rng: random.Random,
+                 clock_ns: Optional[Callable[[], int]] = None) -> None:
+        #: when a packet entered the link (monotonic ns): the kernel's receive stamp for the
+        #: downlink, so a late generator does not push its own delay into the link's queue;
+        #: `delivering_ns` is when the link hands the packet on (what the receiver stamps)
+        self.clock_ns = clock_ns
+        self.delivering_ns = 0
         self.loop = loop
         self.deliver = deliver
         self.bps = bps
@@ -83,7 +89,7 @@ class _Direction:
             if 192 <= data[1] <= 208:
                 self.dropped_rtcp += 1
             return
-        now = self.loop.time()
+        now = self.clock_ns() / 1e9 if self.clock_ns is not None else self.loop.time()
         size = len(data) + UDP_IP_OVERHEAD
         bps = self.bps
         if bps:
@@ -100,7 +106,8 @@ class _Direction:
         self.passed += 1
         self.passed_bytes += size
         q = self.q
-        if not q and due - now < 0.0005:
+        if not q and due - time.monotonic() < 0.0005:
+            self.delivering_ns = int(due * 1e9)
             self.deliver(data)
             return
         q.append((due, data))
@@ -113,7 +120,9 @@ class _Direction:
         limit = self.loop.time() + 0.0005
         deliver = self.deliver
         while q and q[0][0] <= limit:
-            deliver(q.popleft()[1])
+            due, data = q.popleft()
+            self.delivering_ns = int(due * 1e9)
+            deliver(data)
         if q:
             self.timer = self.loop.call_at(q[0][0], self._drain)
 
@@ -151,7 +160,10 @@ class RawLinkShaper:
         addr = pair.remote_addr
         down = _Direction(loop, lambda data: inner_received(data, addr),
                           p.down_kbps * 1000 if p.down_kbps else None, p.delay_ms / 1000.0, p.loss_pct / 100.0,
-                          self.queue_s, self.rng)
+                          self.queue_s, self.rng, clock_ns=getattr(transport, "kernel_arrival", None))
+        # the receiver stamps a packet with the time the link delivers it, not with the time
+        # the kernel got it (before the link's queue and delay)
+        transport.arrival_ns = lambda: down.delivering_ns or time.monotonic_ns()
 
         def datagram_received(data: bytes, a: tuple) -> None:
             if 127 < data[0] < 192:
@@ -227,6 +239,8 @@ class SiteReceiver(Receiver):
         #: publisher and this receiver share the host's clock, so this is publisher -> SFU ->
         #: receiver, an upper bound on what the SFU adds.
         self.latency_ms = array("f")
+        #: wall clock minus monotonic clock (SRs carry wall-clock time, arrivals are monotonic)
+        self.unix_offset = time.time() - time.monotonic()
 
     def on_sr(self, ssrc: int, ntp: int, rtp_ts: int) -> None:
         tr = self.tracks.get(ssrc)
@@ -234,12 +248,14 @@ class SiteReceiver(Receiver):
             tr.sr_unix = (ntp >> 32) - NTP_EPOCH_OFFSET + (ntp & 0xFFFFFFFF) / 4294967296.0
             tr.sr_rtp = rtp_ts
 
-    def on_rtp(self, p: bytes, plain: bool = True) -> None:
-        Receiver.on_rtp(self, p, plain)
+    def on_rtp(self, p: bytes, plain: bool = True, arrival_ns: int = 0) -> None:
+        if not arrival_ns:
+            arrival_ns = time.monotonic_ns()
+        Receiver.on_rtp(self, p, plain, arrival_ns)
         pt = p[1] & 0x7F
         if pt in self.rtx_pts:
             return
-        now = time.monotonic()
+        now = arrival_ns / 1e9
         ssrc = (p[8] << 24) | (p[9] << 16) | (p[10] << 8) | p[11]
         tr = self.tracks.get(ssrc)
         if tr is None:
@@ -262,7 +278,7 @@ class SiteReceiver(Receiver):
             tr.last_ts = ts
             if tr.sr_unix and len(self.latency_ms) < 200_000:
                 delta = ((ts - tr.sr_rtp + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-                self.latency_ms.append((time.time() - tr.sr_unix - delta / tr.clock) * 1000.0)
+                self.latency_ms.append((now + self.unix_offset - tr.sr_unix - delta / tr.clock) * 1000.0)
             if tr.frames:
                 gap = now - tr.last_frame
                 mean = tr.mean_interval
