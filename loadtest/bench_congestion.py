@@ -12,13 +12,15 @@ queue). Measured, per cap:
   over a steady window;
 - time to climb back: from lifting the cap until 1280x720 frames are decoded again.
 
-With `--thumbnails N` the meeting is a realistic one: N more sites (synthetic aiortc
-publishers, 320x180 at 15 fps, muted; with `--camera textured` a noisy panned texture, so
-their encoders spend the 150-200 kbit/s a browser's q layer does) join after the Chromium
-site, so the receiver
-shows the Chromium site on the stage (slot 0) and the others as thumbnails. Utilisation is
-then the receiver's whole downlink (stage + thumbnails + audio) over the cap, which is what
-a site's link is for; layer, freezes and switches are the stage's.
+With `--thumbnails N` the meeting is a realistic one: N more sites join after the Chromium
+site, so the receiver shows the Chromium site on the stage (slot 0) and the others as
+thumbnails. They are the rehearsal's synthetic sites (loadtest/rawpeer.py): real ICE/DTLS/
+SRTP, browser-style simulcast of pre-encoded VP8 (q 180p ~150, h 360p ~500, f 720p ~1500
+kbit/s at 20 fps, paused by the server's publish_layers like a browser's), muted, as most
+sites of a meeting are. Encoded once, so N thumbnails cost this 2-core machine next to
+nothing (live encoders starved the receiver under test). Utilisation is then the receiver's
+whole downlink (stage + thumbnails + audio) over the cap, which is what a site's link is
+for; layer, freezes and switches are the stage's.
 
     .venv/bin/python -m loadtest.bench_congestion --caps 300,800,2000,5000 --steady 30 --thumbnails 2
 """
@@ -37,6 +39,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+import aiohttp
 
 from loadtest.peer import SyntheticSite
 from loadtest.shaper import LinkImpairment
@@ -115,6 +119,7 @@ async def run(caps_kbps: list[int], steady_s: float, json_path: str | None, thum
             time.sleep(0.2)
     tokens = TokenService(data / "secret.key")
     results = []
+    http = aiohttp.ClientSession()
     try:
         async with async_playwright() as pw:
             args = list(CHROMIUM_ARGS)
@@ -126,23 +131,7 @@ async def run(caps_kbps: list[int], steady_s: float, json_path: str | None, thum
             page = await browser.new_page()
             await page.goto(f"{url}/site#t={tokens.issue('demo', 'xa-cam', 'site', 3600)}")
             await page.wait_for_function("() => window.hoinghi && window.hoinghi.state === 'connected'", timeout=30000)
-            others = []
-            if thumbnails:
-                # thumbnail sites send what a browser's q layer sends (~150-200 kbit/s), not
-                # aiortc's default 0.5-1.5 Mbit/s (only they encode in this process)
-                from aiortc.codecs import vpx
-
-                vpx.DEFAULT_BITRATE = vpx.MIN_BITRATE = 150_000
-                vpx.MAX_BITRATE = 200_000
-            for i in range(thumbnails):
-                # muted, as most sites of a meeting are: the speaker ranking must not move them
-                # onto the stage ahead of the Chromium site
-                other = SyntheticSite(url, tokens.issue("demo", f"thumb-{i}", "site", 3600), video_size=(320, 180), fps=15,
-                                      publish_audio=False, textured=camera == "textured")
-                await other.join()
-                await other.start_media(video_slots=0, audio_slots=0)  # publishers only: decoding every
-                # other thumbnail in this one process would starve the receiver under test
-                others.append(other)
+            others = await _thumbnail_sites(http, url, tokens, thumbnails)
             for cap in caps_kbps:
                 results.append(await _one_cap(url, tokens, cap * 1000, steady_s))
                 r = results[-1]
@@ -157,11 +146,36 @@ async def run(caps_kbps: list[int], steady_s: float, json_path: str | None, thum
                 await other.close()
             await browser.close()
     finally:
+        await http.close()
         server.terminate()
         server.wait(10)
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2))
     return results
+
+
+async def _thumbnail_sites(http: aiohttp.ClientSession, url: str, tokens, n: int) -> list:
+    """N publishing sites of pre-encoded simulcast (publishers only: they take no slots)."""
+    if not n:
+        return []
+    from loadtest.media_sender import MediaPacer
+    from loadtest.media_source import SyntheticMedia, TalkSchedule
+    from loadtest.rawpeer import HoinghiSite
+
+    media = SyntheticMedia.load()  # encoded once per machine, then cached on disk
+    pacer = MediaPacer.shared()
+    sites = []
+    for i in range(n):
+        # muted: the speaker ranking must not move them onto the stage ahead of the Chromium site
+        site = HoinghiSite(http, url, tokens.issue("demo", f"thumb-{i}", "site", 3600), f"thumb-{i}",
+                           media=media, simulcast=True, publish_audio=False, talk=TalkSchedule.silent(),
+                           video_slots=0, audio_slots=0, seed=i)
+        await site.join()
+        await site.negotiate()
+        await site.wait_connected()
+        await site.start_media(pacer)
+        sites.append(site)
+    return sites
 
 
 async def _one_cap(url: str, tokens, cap: float, steady_s: float) -> dict:

@@ -43,6 +43,12 @@ HISTORY = 1024
 RID_EXT_ID = 10
 RRID_EXT_ID = 11
 TICK = 0.005
+SEND_LAG_BINS = 500  # send_lag_hist: 1 ms bins, the last one 500 ms or more
+#: how long after its capture time each frame's first packet left, every layer of every site
+#: of this process: frames sent late keep their capture-time RTP timestamps, so this is what
+#: the generator itself adds to the latency its sites measure (a browser's pacer is not
+#: starved by 80 other sites in its process)
+send_lag_hist = [0] * (SEND_LAG_BINS + 1)
 SR_INTERVAL = 1.0
 VOICE_LEVEL = 50  # -dBov louder than this sets the V (voice activity) bit
 
@@ -141,6 +147,7 @@ class LayerSender:
         self.nacked = 0
         self.retransmitted = 0
         self.dropped = 0  # packets dropped from the backlog on stop
+        self.frame_marks: deque = deque()  # (first packet of a queued frame, its capture time)
 
     # ---------------------------------------------------------------- frames
 
@@ -174,6 +181,7 @@ class LayerSender:
         last = len(payloads) - 1
         history = self.history
         backlog = self.backlog
+        first = len(backlog)
         for k, payload in enumerate(payloads):
             if self.sdes_left > 0:
                 self.sdes_left -= 1
@@ -191,6 +199,8 @@ class LayerSender:
             history[seq % HISTORY] = pkt
             backlog.append(pkt)
             self.seq = (seq + 1) & 0xFFFF
+        if len(backlog) > first:
+            self.frame_marks.append((backlog[first], s.clock.send_time(n)))
         self.pid = (self.pid + 1) & 0x7FFF
         self.tl0 = (tl0 + 1) & 0xFF
         self.last_ts = ts
@@ -203,11 +213,19 @@ class LayerSender:
             self.budget = min(self.budget, self.rate * TICK)
             self.budget_time = now
             return
-        self.budget = min(self.budget + self.rate * (now - self.budget_time), self.rate * 2 * TICK + 1200)
+        # a tick that came late may send what the time since the last one earned: capping the
+        # budget at two ticks' worth turned every late tick into lost sending time, and a busy
+        # generator's backlog grew to seconds (frames 1-2 s "late" at 164 sites)
+        elapsed = now - self.budget_time
+        self.budget = min(self.budget + self.rate * elapsed, self.rate * max(2 * TICK, elapsed) + 1200)
         self.budget_time = now
         send = self.source.transport.send_rtp
+        marks = self.frame_marks
         while backlog and self.budget > 0:
             pkt = backlog.popleft()
+            if marks and marks[0][0] is pkt:
+                lag = now - marks.popleft()[1]
+                send_lag_hist[min(SEND_LAG_BINS, int(lag * 1000)) if lag > 0 else 0] += 1
             # abs-send-time at the moment it leaves, as a browser's pacer writes it
             off = self._abs  # abs-send-time is the first extension in both templates
             if off:
@@ -240,6 +258,7 @@ class LayerSender:
         else:
             self.dropped += len(self.backlog)
             self.backlog.clear()
+            self.frame_marks.clear()
             self._key_asked = 0.0  # a paused layer serves nobody; its restart is a keyframe anyway
 
     def on_nack(self, seqs: list[int]) -> None:
@@ -512,9 +531,6 @@ class OpusLoopSource:
             due = self.start + self.k * 0.02
 
 
-SEND_LAG_BINS = 500  # MediaPacer.lag_hist: 1 ms bins
-
-
 class MediaPacer:
     """Drives every SimulcastSource and OpusLoopSource of the process from one task."""
 
@@ -527,11 +543,6 @@ class MediaPacer:
         self.late_ticks = 0
         self.ticks = 0
         self.errors = 0
-        #: how late each tick ran, 1 ms bins (the last: 500 ms or more). A tick that runs late
-        #: sends its frames late while their RTP timestamps keep the capture time, so this is
-        #: what the generator itself adds to the latency the sites measure (a browser's pacer
-        #: is not starved by 80 other sites in its process)
-        self.lag_hist = [0] * (SEND_LAG_BINS + 1)
         self._task: Optional[asyncio.Task] = None
 
     @classmethod
@@ -567,12 +578,9 @@ class MediaPacer:
     async def _run(self) -> None:
         clock: Callable[[], float] = time.monotonic
         next_t = clock()
-        lag_hist = self.lag_hist
         while True:
             now = clock()
             self.ticks += 1
-            late = now - next_t
-            lag_hist[min(SEND_LAG_BINS, int(late * 1000)) if late > 0 else 0] += 1
             for s in self.sources:
                 try:
                     s.tick(now)

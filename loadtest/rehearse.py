@@ -48,7 +48,7 @@ from urllib.parse import urlparse
 import aiohttp
 
 from .linkprofile import SiteSpec, plan_sites, read_profiles_csv, read_registry
-from .media_sender import MediaPacer
+from . import media_sender
 from .rawpeer import FeedbackTicker, window_loss
 from .rehearse_args import add_arguments
 from .sitesim import UDP_IP_OVERHEAD, SimSite, StallWatch, make_media
@@ -649,8 +649,7 @@ class Rehearsal:
         print(line, flush=True)
 
     async def _mark_steady(self, http: aiohttp.ClientSession) -> None:
-        pacer = MediaPacer._shared
-        self.send_lag0 = list(pacer.lag_hist) if pacer is not None else None
+        self.send_lag0 = list(media_sender.send_lag_hist)
         self.metrics_first = await self._metrics(http)
         self.cpu_first = proc_cpu_s(self.server.pid) if self.server.pid else None
         for st in self.states:
@@ -1102,11 +1101,12 @@ def _latency_summary(samples: list) -> dict:
 
 
 def _send_lag_window(hist0: Optional[list]) -> Optional[list]:
-    """This process's MediaPacer tick lateness since the steady window began (1 ms bins)."""
-    pacer = MediaPacer._shared
-    if pacer is None or hist0 is None:
+    """How late this process's frames left (media_sender.send_lag_hist) since the steady
+    window began (1 ms bins); None when this process sent no pre-encoded media."""
+    if hist0 is None:
         return None
-    return [a - b for a, b in zip(pacer.lag_hist, hist0)]
+    d = [a - b for a, b in zip(media_sender.send_lag_hist, hist0)]
+    return d if any(d) else None
 
 
 def _add_hist(a: Optional[list], b: Optional[list]) -> Optional[list]:
