@@ -80,7 +80,7 @@ class _Wire:
 
 
 def test_a_late_generator_catches_up_instead_of_queueing_for_seconds() -> None:
-    """Ticks 60 ms apart (a starved generator; the pacer wants 5 ms): every frame still
+    """Ticks 150 ms apart (a starved generator; the pacer wants 5 ms): every frame still
     leaves within about a tick of its capture time, and the backlog does not grow."""
     from loadtest import media_sender
     from loadtest.media_sender import SimulcastSource
@@ -91,13 +91,13 @@ def test_a_late_generator_catches_up_instead_of_queueing_for_seconds() -> None:
     src = SimulcastSource(wire, media, 96, rtx_payload_type=None, mid="0", seed=1)  # type: ignore[arg-type]
     hist0 = list(media_sender.send_lag_hist)
     now = 1000.0
-    for _ in range(int(10 / 0.06)):
+    for _ in range(int(10 / 0.15)):
         src.tick(now)
-        now += 0.06
+        now += 0.15
     lags = [b - a for a, b in zip(hist0, media_sender.send_lag_hist)]
     frames = sum(lags)
     assert frames >= 0.9 * 10 * media.fps
-    within = sum(lags[:80])  # sent within 80 ms of capture
+    within = sum(lags[:250])  # sent within 250 ms of capture
     assert within / frames > 0.95, lags[:200]
     layer = src.layers[0]
     assert len(layer.backlog) < 20, len(layer.backlog)
