@@ -34,7 +34,6 @@ drives Janus's VideoRoom with the same peers.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
 import random
@@ -50,6 +49,7 @@ from aiortc import sdp as aiortc_sdp
 from media import network, rtcp
 from media.rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, URI_RID, URI_RRID, URI_TRANSPORT_CC
 from media.srtp import SrtpContext, SrtpError
+from media.timing import KernelArrival
 from media.transport import hook_srtp_datagrams
 from media.twcc import build_feedback
 
@@ -72,63 +72,6 @@ _unpack_q = struct.Struct("!Q").unpack_from
 _pack_q = struct.Struct("!Q").pack_into
 _pack_hdr = struct.Struct("!BBHII").pack_into
 _monotonic_ns = time.monotonic_ns
-_unpack_timespec = struct.Struct("@qq").unpack_from
-SIOCGSTAMPNS = 0x8907  # linux/sockios.h: kernel receive time of the socket's last datagram
-
-
-class KernelArrival:
-    """When the kernel received a socket's latest datagram, on the monotonic clock (ns).
-
-    Why: a generator process serving dozens of sites is often late to read its sockets; a
-    browser's network thread is not. Arrival times taken when Python gets round to a packet
-    charge the generator's own backlog to the path under test: transport-cc feedback then
-    shows queueing no link had (GCC lowers the estimate, the SFU's pacer holds media back)
-    and the measured latency includes it. SIOCGSTAMPNS returns the stamp the kernel put on
-    the datagram the last recv returned, which is the one being handled: asyncio and uvloop
-    both read one datagram and hand it to the protocol in the same callback. One ioctl
-    (~1.5 us) per packet; on any failure, the time of handling (what it was before).
-    """
-
-    __slots__ = ("fd", "buf", "offset", "offset_at", "stamped", "fallbacks")
-
-    def __init__(self, sock: Any) -> None:
-        self.fd = -1
-        try:
-            self.fd = sock.fileno()
-        except (AttributeError, OSError):
-            pass
-        self.buf = bytearray(16)
-        self.offset = time.time_ns() - _monotonic_ns()
-        self.offset_at = _monotonic_ns()
-        self.stamped = 0
-        self.fallbacks = 0
-        if self.fd >= 0:
-            try:  # the first call switches stamping on for the socket (ENOENT until a datagram came)
-                fcntl.ioctl(self.fd, SIOCGSTAMPNS, self.buf, True)
-            except OSError:
-                pass
-
-    def __call__(self) -> int:
-        now = _monotonic_ns()
-        if self.fd < 0:
-            return now
-        try:
-            fcntl.ioctl(self.fd, SIOCGSTAMPNS, self.buf, True)
-        except OSError:
-            self.fallbacks += 1
-            return now
-        if now - self.offset_at > 1_000_000_000:  # the wall clock is slewed: follow it
-            self.offset = time.time_ns() - _monotonic_ns()
-            self.offset_at = now
-        s, ns = _unpack_timespec(self.buf)
-        t = s * 1_000_000_000 + ns - self.offset
-        if t > now:
-            return now
-        if now - t > 2_000_000_000:  # not this datagram's stamp (stamping was off when it came)
-            self.fallbacks += 1
-            return now
-        self.stamped += 1
-        return t
 
 
 async def _no_op(*args: object, **kwargs: object) -> None:

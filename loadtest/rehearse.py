@@ -809,10 +809,13 @@ class Rehearsal:
                 server["layer_switches"] = int(m1.get("hoinghi_layer_switches_total", 0) - m0.get("hoinghi_layer_switches_total", 0))
                 # what the SFU itself adds: time in the per-site pacers, and its event loops' lag
                 # (a datagram waits in the socket buffer at least that long)
-                for key, metric in (("pacer_wait", "hoinghi_pacer_wait_seconds"), ("loop_lag", "hoinghi_worker_loop_lag_seconds")):
-                    q = histogram_quantiles(m0, m1, metric, (0.5, 0.99))
+                for key, metric in (("pacer_wait", "hoinghi_pacer_wait_seconds"), ("forward_delay", "hoinghi_forward_delay_seconds"),
+                                    ("loop_lag", "hoinghi_worker_loop_lag_seconds"),
+                                    ("gc_pause", "hoinghi_worker_gc_pause_seconds")):
+                    q = histogram_quantiles(m0, m1, metric, (0.5, 0.99, 1.0))
                     if q is not None:
-                        server[f"{key}_ms_p50"], server[f"{key}_ms_p99"] = q
+                        server[f"{key}_ms_p50"], server[f"{key}_ms_p99"], server[f"{key}_ms_max"] = q
+                        server[f"{key}_over_50ms"] = histogram_over(m0, m1, metric, 0.05)
             rss = [x for x in self.timeline["server_rss_mb"] if x is not None]
             if rss:
                 server["rss_mb_max"] = max(rss)
@@ -1285,8 +1288,12 @@ def summary_table(result: dict) -> str:
                     "(in the latency above; this machine's, not the server's); " if t.get("send_lag_ms_p50") is not None else "")
                  + f"join p50 {_f(t['join_s_p50'], 2)} s (max {_f(t['join_s_max'], 2)}), first media p50 {_f(t['first_media_s_p50'], 2)} s; "
                  f"server CPU {_f(sv.get('cpu_pct_mean'), 0)}%, RSS max {_f(sv.get('rss_mb_max'), 0)} MB, "
-                 + (f"SFU-added latency: pacer p50 {_le(sv['pacer_wait_ms_p50'])} / p99 {_le(sv['pacer_wait_ms_p99'])} ms, "
-                    f"worker event-loop lag p50 {_le(sv.get('loop_lag_ms_p50'))} / p99 {_le(sv.get('loop_lag_ms_p99'))} ms; "
+                 + (f"SFU-added latency: kernel in -> last copy out p50 {_le(sv.get('forward_delay_ms_p50'))} / p99 "
+                    f"{_le(sv.get('forward_delay_ms_p99'))} / max {_le(sv.get('forward_delay_ms_max'))} ms, "
+                    f"then pacer p50 {_le(sv['pacer_wait_ms_p50'])} / p99 {_le(sv['pacer_wait_ms_p99'])} ms, "
+                    f"worker event-loop lag p50 {_le(sv.get('loop_lag_ms_p50'))} / p99 {_le(sv.get('loop_lag_ms_p99'))} / "
+                    f"max {_le(sv.get('loop_lag_ms_max'))} ms ({sv.get('loop_lag_over_50ms', 0)} times over 50 ms), "
+                    f"garbage-collector pauses max {_le(sv.get('gc_pause_ms_max'))} ms ({sv.get('gc_pause_over_50ms', 0)} over 50 ms); "
                     if sv.get("pacer_wait_ms_p50") is not None else "")
                  + f"{_f(sv.get('us_per_forwarded_packet'), 1)} us/forwarded pkt, hub uplink mean {_f((sv.get('hub_uplink_kbps_mean') or 0) / 1000, 1)} "
                  f"/ peak {_f((sv.get('hub_uplink_kbps_peak') or 0) / 1000, 1)} Mbit/s")
@@ -1321,6 +1328,13 @@ def histogram_quantiles(m0: dict, m1: dict, metric: str, qs: tuple[float, ...]) 
                 break
         out.append(round(v, 3))
     return tuple(out)
+
+
+def histogram_over(m0: dict, m1: dict, metric: str, bound_s: float) -> int:
+    """Observations above `bound_s` (one of the histogram's bounds) between two scrapes."""
+    inf = m1.get(f"{metric}_bucket:le=+Inf", 0.0) - m0.get(f"{metric}_bucket:le=+Inf", 0.0)
+    key = f"{metric}_bucket:le={bound_s:g}"
+    return int(inf - (m1.get(key, 0.0) - m0.get(key, 0.0)))
 
 
 def _f(v: Any, nd: int) -> str:

@@ -9,7 +9,8 @@ the manner of mediasoup's PipeTransport.
 Each datagram starts with a type byte and a 4-byte stream id (sid, unique per server:
 worker index in the top byte):
 
-    RTP       1 sid | the publisher's plain RTP packet, as received (after RTX unwrap)
+    RTP       1 sid | arrival f64 | the publisher's plain RTP packet, as received (after RTX
+                                      unwrap); arrival: when the origin's kernel got it
     SR        2 sid | ntp u64 | rtp u32 | arrival f64   the publisher's sender report timing
     WANT      3 sid | 0/1                         consumer side -> origin: (stop) forwarding
     KEYFRAME  4 sid                               consumer side -> origin: a keyframe please
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 T_RTP, T_SR, T_WANT, T_KEYFRAME, T_RATES = 1, 2, 3, 4, 5
 _head = struct.Struct("!BI")
+_rtp_head = struct.Struct("!BId")  # + the origin's kernel arrival time (CLOCK_MONOTONIC is host-wide)
+_arrival = struct.Struct("!d")
 _sr = struct.Struct("!BIQId")  # + the origin's arrival time (CLOCK_MONOTONIC is host-wide)
 _want = struct.Struct("!BIB")
 _rate = struct.Struct("!Iffh")
@@ -105,7 +108,7 @@ class PipeSink:
         self.sr_sent = 0.0
 
     def write(self, info: Any, stream: RecvStream, now: float) -> None:
-        self.endpoint.sendto(self.prefix + info.data, self.addr)
+        self.endpoint.sendto(self.prefix + _arrival.pack(info.arrival) + info.data, self.addr)
 
     def source_closed(self, stream: RecvStream) -> None:
         self.endpoint.sinks.pop((id(stream), self.worker), None)
@@ -256,16 +259,17 @@ class PipeEndpoint:
     def on_datagram(self, data: bytes, addr: tuple) -> None:
         kind = data[0]
         if kind == T_RTP:
-            stream = self.remote.get(_head.unpack_from(data)[1])
+            _, sid, arrival = _rtp_head.unpack_from(data)
+            stream = self.remote.get(sid)
             if stream is None:
                 return
             self.packets_in += 1
             try:
-                info = parse_rtp(data[5:], stream.producer.transport.ext_kinds)
+                info = parse_rtp(data[_rtp_head.size :], stream.producer.transport.ext_kinds)
             except ValueError:
                 return
             now = time.monotonic()
-            info.arrival = now
+            info.arrival = arrival if 0 < now - arrival < 10 else now
             stream.on_rtp(info, now)
             return
         worker = self._by_addr.get(addr)

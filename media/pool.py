@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable, Optional
 
 from .sdp import OfferError
-from .transport import add_counts
+from .timing import add_counts
 from .speaker import WINDOW_S, SpeakerDetector
 from .transport import MediaSettings
 from .worker import MAX_FRAME, read_frame, write_frame
@@ -267,6 +267,8 @@ class WorkerPool:
                 "pipe_in": w.stats.get("pipe_in", 0),
                 "pipe_out": w.stats.get("pipe_out", 0),
                 "loop_lag": w.stats.get("loop_lag", []),
+                "gc_pause": w.stats.get("gc_pause", []),
+                "forward_delay": w.stats.get("forward_delay", []),
             }
             for w in self.workers
         ]

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Optional
 
 from . import rtcp, vp8
 from .rtp import WIRE_OVERHEAD, RtpInfo, parse_rtp
+from .timing import FORWARD_DELAY, LATENCY_BOUNDS_S
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -169,8 +171,12 @@ class RecvStream:
             return
         info.abs24 = int(now * 262144.0) & 0xFFFFFF
         info.payload = memoryview(info.data)[info.payload_offset :]
-        for sink in self.sinks:
-            sink.write(info, self, now)
+        sinks = self.sinks
+        if sinks:
+            for sink in sinks:
+                sink.write(info, self, now)
+            if info.arrival:
+                FORWARD_DELAY[bisect_left(LATENCY_BOUNDS_S, time.monotonic() - info.arrival)] += 1
 
     def on_rtx(self, info: RtpInfo, now: float) -> None:
         """Unwrap an RFC 4588 retransmission and feed it as the original packet."""

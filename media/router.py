@@ -22,7 +22,8 @@ from .consumer import Consumer
 from .pipe import PipeOrigin
 from .producer import Producer, RecvStream
 from .speaker import WINDOW_S, SpeakerDetector
-from .transport import MediaSettings, WebRtcTransport, add_counts
+from .timing import add_counts
+from .transport import MediaSettings, WebRtcTransport
 
 logger = logging.getLogger(__name__)
 

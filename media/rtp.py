@@ -104,6 +104,7 @@ class RtpInfo:
         self.vp8_tl0_off = -1
         self.vp8_tid = 0
         self.vp8_start = False
+        self.arrival = 0.0  # when the kernel received it (monotonic s); 0: not known
 
 
 def parse_rtp(data: bytes, ext_kinds: list[int]) -> RtpInfo:

@@ -45,6 +45,7 @@ from .sdp import (
     inspect_offer,
 )
 from .srtp import SrtpContext, SrtpError
+from .timing import LATENCY_BOUNDS_S, KernelArrival, add_counts  # noqa: F401  (re-exported)
 from .twcc import SendHistory, parse_arrivals
 
 if TYPE_CHECKING:
@@ -52,17 +53,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# bucket bounds of the latency histograms (pacer wait, event-loop lag); one more bucket: longer
-LATENCY_BOUNDS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-
-
-def add_counts(acc: list[int], counts: list[int]) -> list[int]:
-    """Add one histogram's bucket counts into another (grown as needed); returns acc."""
-    if len(acc) < len(counts):
-        acc.extend([0] * (len(counts) - len(acc)))
-    for i, n in enumerate(counts):
-        acc[i] += n
-    return acc
 RTCP_INTERVAL = 1.0  # mean seconds between receiver/sender reports
 
 
@@ -142,6 +132,7 @@ class WebRtcTransport:
         self._consumer_by_ssrc: dict[int, Consumer] = {}
         self.ext_kinds: list[int] = ext_table({})
         self._rx: Optional[SrtpContext] = None
+        self._kernel_arrival = KernelArrival(None)  # the socket's, once the fast path is up
         self._tx: Optional[SrtpContext] = None
         self._sendto: Optional[Callable] = None
         self._addr: Optional[tuple] = None
@@ -341,6 +332,7 @@ class WebRtcTransport:
             logger.warning("transport %s: DTLS up but no nominated ICE pair", self.participant_id)
             return
         protocol = pair.protocol
+        self._kernel_arrival = KernelArrival(protocol.transport.get_extra_info("socket"))
         self._sendto = protocol.transport.sendto
         self._addr = pair.remote_addr
         self.connected.set()
@@ -382,9 +374,10 @@ class WebRtcTransport:
                 else:
                     self.dropped_in += 1
             else:
+                arrival = self._kernel_arrival()  # first: the stamp is the last datagram read's
                 plain = rx.unprotect(data)
                 if plain is not None:
-                    self._on_rtp(plain)
+                    self._on_rtp(plain, arrival * 1e-9)
                 else:
                     self.dropped_in += 1
         except Exception:
@@ -392,7 +385,8 @@ class WebRtcTransport:
             self.dropped_in += 1
             logger.exception("transport %s: packet handling failed", self.participant_id)
 
-    def _on_rtp(self, data: bytes) -> None:
+    def _on_rtp(self, data: bytes, arrival: float = 0.0) -> None:
+        """`arrival`: when the kernel received it (monotonic s; 0: unknown, now)."""
         try:
             info = parse_rtp(data, self.ext_kinds)
         except ValueError:
@@ -401,7 +395,7 @@ class WebRtcTransport:
         self.packets_in += 1
         self.bytes_in += len(data)
         now = time.monotonic()
-        info.arrival = now
+        info.arrival = arrival or now
         stream = self._media_streams.get(info.ssrc)
         if stream is not None:
             stream.on_rtp(info, now)

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
-from media.transport import LATENCY_BOUNDS_S, add_counts
+from media.timing import FORWARD_DELAY, LATENCY_BOUNDS_S, add_counts
 
 if TYPE_CHECKING:
     from signaling.service import SignalingService
@@ -87,6 +87,12 @@ class RoomCollector:
                          waited, max(0, sent - sum(waited)), wait_s)
         yield from (egress, egress_limited)
         pool = getattr(sig, "media_pool", None)
+        forward = list(FORWARD_DELAY)  # this process's (workers = 0) plus every worker's
+        for w in pool.worker_stats() if pool is not None else ():
+            add_counts(forward, w.get("forward_delay") or [])
+        yield _histogram("hoinghi_forward_delay_seconds",
+                         "Time from the kernel receiving a media packet to its last copy handed on (socket buffer + fan-out)",
+                         forward, 0, None)
         if pool is not None:
             w_cpu = CounterMetricFamily("hoinghi_worker_cpu_seconds", "CPU time of each media worker process", labels=["worker"])
             w_rss = GaugeMetricFamily("hoinghi_worker_resident_bytes", "Resident memory of each media worker", labels=["worker"])
@@ -95,6 +101,7 @@ class RoomCollector:
             w_restarts = CounterMetricFamily("hoinghi_worker_restarts", "Times a media worker was restarted", labels=["worker"])
             w_pipe = CounterMetricFamily("hoinghi_worker_pipe_packets", "Packets piped between workers", labels=["worker", "direction"])
             lag: list[int] = []
+            gc_pause: list[int] = []
             for w in pool.worker_stats():
                 label = [str(w["index"])]
                 w_cpu.add_metric(label, w["cpu_seconds"])
@@ -105,9 +112,12 @@ class RoomCollector:
                 w_pipe.add_metric(label + ["in"], w["pipe_in"])
                 w_pipe.add_metric(label + ["out"], w["pipe_out"])
                 add_counts(lag, w.get("loop_lag") or [])
+                add_counts(gc_pause, w.get("gc_pause") or [])
             yield from (w_cpu, w_rss, w_sites, w_up, w_restarts, w_pipe)
             yield _histogram("hoinghi_worker_loop_lag_seconds",
                              "How late the media workers' event loops ran a 20 ms timer (all workers)", lag, 0, None)
+            yield _histogram("hoinghi_worker_gc_pause_seconds",
+                             "How long the media workers' garbage-collector passes stopped them (all workers)", gc_pause, 0, None)
         yield from (rooms, connections, participants, streams, packets, octets, dropped, lost, nacks, retx, switches, paused, estimate)
 
 

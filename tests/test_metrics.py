@@ -53,6 +53,11 @@ async def test_metrics_follow_a_live_meeting(hoinghi_server):
             )
             q = histogram_quantiles({}, parse_metrics(text), "hoinghi_pacer_wait_seconds", (0.5, 0.99))
             assert q is not None and 0 < q[0] <= q[1] and q[1] != 0
+            # every media packet fanned out to a subscriber is timed from the kernel's receive
+            # stamp (a packet with no stamp is not counted: the count shows the stamps arrive)
+            forwarded = _value(text, "hoinghi_forward_delay_seconds_count")
+            assert 50 <= forwarded <= _value(text, "hoinghi_packets_total", meeting="demo", direction="in")
+            assert histogram_quantiles({}, parse_metrics(text), "hoinghi_forward_delay_seconds", (0.5,)) is not None
             # the uplink budget: no limit set, what is sent measured all the same
             assert _value(text, "hoinghi_egress_bps", what="capacity") == 0
             assert _value(text, "hoinghi_egress_bps", what="sent") > 0

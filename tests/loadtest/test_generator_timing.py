@@ -8,8 +8,8 @@ import random
 import socket
 import time
 
-from loadtest.rawpeer import KernelArrival
 from loadtest.sitesim import _Direction
+from media.timing import KernelArrival
 
 
 def test_kernel_arrival_keeps_the_spacing_of_a_blocked_loop() -> None:
