@@ -20,7 +20,7 @@ from typing import Any
 
 #: bucket bounds (s) of the latency histograms (pacer wait, forward delay, event-loop lag,
 #: garbage-collector pauses); one more bucket: longer
-LATENCY_BOUNDS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+LATENCY_BOUNDS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0)
 
 #: received media packets by how long after the kernel got them their last copy left
 #: (this process; see the module docstring)
