@@ -18,6 +18,28 @@ from typing import Optional
 
 from aiortc import RTCPeerConnection
 
+from media.timing import KernelArrival
+
+
+class KernelStamps:
+    """Kernel receive times (monotonic s) of the datagrams an aiortc connection's nominated
+    pair reads: see media.timing.KernelArrival. Found lazily (the pair is nominated after
+    the wrappers are installed); before that, and on any failure, the time of handling."""
+
+    def __init__(self, connection) -> None:
+        self.connection = connection
+        self.clock: Optional[KernelArrival] = None
+        self.protocol = None
+
+    def __call__(self) -> float:
+        pair = self.connection._nominated.get(1)
+        if pair is None:
+            return time.monotonic()
+        if pair.protocol is not self.protocol:
+            self.protocol = pair.protocol
+            self.clock = KernelArrival(pair.protocol.transport.get_extra_info("socket"))
+        return self.clock() * 1e-9  # type: ignore[misc]
+
 
 class LinkImpairment:
     """Random loss both ways, and a downlink capped like `tc tbf`: a token bucket drained at
@@ -68,6 +90,15 @@ class LinkImpairment:
             await original_send(data)
 
         loop = asyncio.get_running_loop()
+        kernel = KernelStamps(connection)
+
+        def deliver(data: bytes, component: int, at: float) -> None:
+            # what the receiver stamps (transport-cc) is when the link hands the packet on
+            connection.hoinghi_arrival = at
+            try:
+                original_received(data, component)
+            finally:
+                connection.hoinghi_arrival = 0.0
 
         def data_received(data: bytes, component: int) -> None:
             if self._is_rtp(data):
@@ -75,19 +106,23 @@ class LinkImpairment:
                     self.dropped_down += 1
                     return
                 rate = self.downstream_bps
+                # the link's clock starts when the kernel got the packet, not when this
+                # (busy) process got round to it
+                arrived = kernel()
                 if rate:
-                    now = time.monotonic()
-                    start = max(now, self._free_at)
-                    if start - now > self.queue_ms / 1000.0:
+                    start = max(arrived, self._free_at)
+                    if start - arrived > self.queue_ms / 1000.0:
                         self.dropped_queue += 1
                         return
                     self._free_at = start + (len(data) + 28) * 8 / rate
                     self.passed_down += 1
                     self.passed_bytes += len(data) + 28
-                    loop.call_at(loop.time() + (self._free_at - now), original_received, data, component)
+                    loop.call_at(loop.time() + (self._free_at - time.monotonic()), deliver, data, component, self._free_at)
                     return
                 self.passed_down += 1
                 self.passed_bytes += len(data) + 28
+                deliver(data, component, arrived)
+                return
             original_received(data, component)
 
         ice_transport._send = send

@@ -19,6 +19,8 @@ from aiortc import RTCPeerConnection
 from media.rtp import URI_TRANSPORT_CC
 from media.twcc import build_feedback
 
+from .shaper import KernelStamps
+
 EXT_ID = 5  # unused by aiortc's own extensions (1 mid, 2 audio level, 3 abs-send-time)
 INTERVAL = 0.05
 #: libwebrtc's RemoteEstimatorProxy keeps arrivals for 500 ms: after a longer silence (a
@@ -59,16 +61,20 @@ class TransportCcResponder:
         transceivers = self.pc.getTransceivers()
         ice = transceivers[0].receiver.transport.transport._connection
         original = ice.data_received
+        kernel = KernelStamps(ice)
 
         def data_received(data: bytes, component: int) -> None:
             if len(data) > 12 and 127 < data[0] < 192 and not (192 <= data[1] <= 208):
-                self._note(data)
+                # arrival: a link shaper's delivery time if one sits outside (LinkImpairment),
+                # else the kernel's receive stamp: a browser's network thread reads packets
+                # as they come; this process may be late (GCC would read that as queueing)
+                self._note(data, getattr(ice, "hoinghi_arrival", 0.0) or kernel())
             original(data, component)
 
         ice.data_received = data_received
         self._task = asyncio.ensure_future(self._run())
 
-    def _note(self, data: bytes) -> None:
+    def _note(self, data: bytes, arrival: float) -> None:
         b0 = data[0]
         if not b0 & 0x10:
             return
@@ -86,12 +92,12 @@ class TransportCcResponder:
             if ext_id == 15:
                 return
             if ext_id == self.ext_id and length == 2 and i + 2 < len(data):
-                self._record((data[i + 1] << 8) | data[i + 2])
+                self._record((data[i + 1] << 8) | data[i + 2], arrival)
                 return
             i += 1 + length
 
-    def _record(self, seq16: int) -> None:
-        now = time.monotonic() - self._epoch
+    def _record(self, seq16: int, arrival: float) -> None:
+        now = arrival - self._epoch
         if self._max is None:
             unwrapped = seq16
             self._next = seq16
