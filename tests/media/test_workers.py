@@ -80,6 +80,10 @@ async def test_meeting_spread_over_two_workers_forwards_everyone(hoinghi_workers
         stats = pool.worker_stats()
         assert all(w["pipe_in"] > 0 and w["pipe_out"] > 0 for w in stats), stats  # media crossed both ways
         assert all(w["cpu_seconds"] > 0 for w in stats)
+        # each worker times its fan-out from the kernel's stamp (piped packets carry the
+        # origin's), and times its garbage collector
+        assert all(sum(w["forward_delay"]) > 0 for w in stats), [w["forward_delay"] for w in stats]
+        assert all(len(w["gc_pause"]) == len(w["forward_delay"]) for w in stats)
         tot = router.totals()
         assert tot["packets_in"] > 0 and tot["packets_out"] > 0 and tot["streams_in_video"] == 3
         # the roster's figures come from the workers too
@@ -91,6 +95,7 @@ async def test_meeting_spread_over_two_workers_forwards_everyone(hoinghi_workers
                 text = await resp.text()
         assert 'hoinghi_worker_cpu_seconds_total{worker="1"}' in text
         assert 'hoinghi_worker_up{worker="0"} 1.0' in text
+        assert "hoinghi_forward_delay_seconds_count" in text and "hoinghi_worker_gc_pause_seconds_count" in text
         line = next(x for x in text.splitlines() if x.startswith('hoinghi_packets_total{direction="out",meeting="demo"}'))
         assert float(line.split()[-1]) > 1000
     finally:
