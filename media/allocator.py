@@ -44,6 +44,7 @@ NOMINAL_BPS = (150_000, 500_000, 1_500_000)  # per layer, until measured
 AUDIO_MIN_BPS = 32_000  # per audio slot in use, until measured
 UPGRADE_MARGIN = 1.1
 PEAK_MARGIN = 1.03  # on top of a layer's measured peak (the pacer and the link's queue take the rest)
+MEAN_MARGIN = 1.1  # on top of a layer's average (_Room: a set of slots)
 UPGRADE_HOLD_S = 1.5
 QUICK_UPGRADE_HOLD_S = 0.3  # after a probe found far more than is sent (a lifted cap, a start)
 QUICK_UPGRADE_WINDOW_S = 3.0
@@ -87,10 +88,44 @@ def step_rate(stream: "RecvStream", step: Step) -> float:
     return rate
 
 
-def ladder(streams: list["RecvStream"], top: int) -> list[tuple[Step, float]]:
-    """The steps of layers 0..top from the lowest, with their cost; a step that costs no
-    more than the one below it is left out (it would be an upgrade that buys nothing)."""
-    out: list[tuple[Step, float]] = []
+def step_mean(stream: "RecvStream", step: Step, peak: float) -> float:
+    """What the step costs on average (~2 s, with a margin), at most its peak price; the
+    peak price where there is no average of a flowing layer to go by."""
+    if stream.ssrc is None or stream.bitrate_mean <= 0 or time.monotonic() - stream.last_packet >= 1.0:
+        return peak
+    rate = stream.bitrate_mean * MEAN_MARGIN
+    if step[1] < ALL_TIDS and stream.temporal_layers > 1:
+        rate *= stream.tl_share[step[1]]
+    return min(peak, rate)
+
+
+class _Room:
+    """What is left of a budget as slots take steps. A set of slots is charged the sum of
+    their average rates plus the largest single burst above average among them: each slot's
+    peak is its keyframe's half second, and the keyframes of independent publishers rarely
+    coincide. Summing nine peaks (~5 Mbit/s) took a 720p stage away on a link that carried the
+    meeting's 2.8 Mbit/s average with room to spare, and gave it back seconds later (12
+    switches a minute); charging averages alone let a keyframe overflow a 2 Mbit/s link. With
+    one slot this is its peak, as before."""
+
+    __slots__ = ("free", "reserve")
+
+    def __init__(self, budget: float) -> None:
+        self.free = budget
+        self.reserve = 0.0  # the largest burst above average among the steps taken
+
+    def extra(self, mean_from: float, mean_to: float, excess_to: float) -> float:
+        return mean_to - mean_from + max(0.0, excess_to - self.reserve)
+
+    def take(self, mean_from: float, mean_to: float, excess_to: float) -> None:
+        self.free -= self.extra(mean_from, mean_to, excess_to)
+        self.reserve = max(self.reserve, excess_to)
+
+
+def ladder(streams: list["RecvStream"], top: int) -> list[tuple[Step, float, float]]:
+    """The steps of layers 0..top from the lowest, with their cost (peak, average); a step
+    that costs no more than the one below it is left out (an upgrade that buys nothing)."""
+    out: list[tuple[Step, float, float]] = []
     for layer in range(min(top, len(streams) - 1) + 1):
         s = streams[layer]
         # above the lowest layer only the full frame rate is a resting step: a sharper
@@ -104,20 +139,21 @@ def ladder(streams: list["RecvStream"], top: int) -> list[tuple[Step, float]]:
             step = (layer, tid)
             rate = step_rate(s, step)
             if not out or rate > out[-1][1]:
-                out.append((step, rate))
+                out.append((step, rate, step_mean(s, step, rate)))
     return out
 
 
-def _climb(steps: list[tuple[Step, float]], i: int, budget: float, max_layer: int) -> tuple[int, float]:
-    """Step up a slot's ladder from step i while the next step's extra cost fits the budget
-    and its spatial layer is at most max_layer: (the step reached, the budget left)."""
+def _climb(steps: list[tuple[Step, float, float]], i: int, room: _Room, max_layer: int) -> int:
+    """Step up a slot's ladder from step i while the next step's extra cost fits in the room
+    and its spatial layer is at most max_layer: the step reached."""
     while i + 1 < len(steps) and steps[i + 1][0][0] <= max_layer:
-        extra = steps[i + 1][1] - steps[i][1]
-        if extra > budget:
+        _, peak, mean = steps[i + 1]
+        extra = room.extra(steps[i][2], mean, peak - mean)
+        if extra > room.free:
             break
-        budget -= extra
+        room.take(steps[i][2], mean, peak - mean)
         i += 1
-    return i, budget
+    return i
 
 
 class StreamAllocator:
@@ -165,8 +201,9 @@ class StreamAllocator:
         short budget: pausing and resuming around one threshold would flap. `limits` (the
         egress budget's caps) bound each slot's spatial layer; a slot not in them is paused."""
         plan: dict["Consumer", Step] = {}
-        ladders: dict["Consumer", list[tuple[Step, float]]] = {}
+        ladders: dict["Consumer", list[tuple[Step, float, float]]] = {}
         at: dict["Consumer", int] = {}
+        room = _Room(budget)
         for c in consumers:
             p = c.producer
             if p is None:
@@ -178,35 +215,41 @@ class StreamAllocator:
             if limits is not None:
                 top = min(top, limits.get(c, -1))
             steps = ladders[c] = ladder(p.streams, top)
-            r = steps[0][1]
+            _, peak, mean = steps[0]
+            r = room.extra(0.0, mean, peak - mean)
             need = r * keep if not c.paused and not c.fresh else r
-            if budget >= need or keep == 0.0:
+            if room.free >= need or keep == 0.0:
                 at[c] = 0
-                budget -= r  # charged in full: a kept step leaves nothing for upgrades
+                room.take(0.0, mean, peak - mean)  # charged in full: a kept step leaves nothing for upgrades
                 if c.index == 0:
                     # the stage (floor/hub) climbs to its preferred layer (360p at full frame
                     # rate, Jitsi's "preferred" for the on-stage source) before any thumbnail
                     # is admitted: on a tight link a thumbnail is paused rather than the picture
                     # everyone watches shown at 5 fps, or at 180p beside six thumbnails
-                    at[c], budget = _climb(steps, 0, budget, STAGE_PREFERRED_LAYER)
+                    at[c] = _climb(steps, 0, room, STAGE_PREFERRED_LAYER)
             else:
                 plan[c] = PAUSED
         # every slot to its lowest layer at full frame rate, then the stage climbs first
         # (slot order = priority)
         for max_layer in (0, ALL_LAYERS):
             for c, i in at.items():
-                at[c], budget = _climb(ladders[c], i, budget, max_layer)
+                at[c] = _climb(ladders[c], i, room, max_layer)
         for c, i in at.items():
             plan[c] = ladders[c][i][0]
         return plan
 
     def _cost(self, plan: dict["Consumer", Step]) -> float:
-        total = 0.0
+        """What these steps cost together: their averages plus the largest burst (_Room)."""
+        total = reserve = 0.0
         for c, step in plan.items():
             p = c.producer
             if p is not None and step[0] >= 0:
-                total += step_rate(p.streams[min(step[0], len(p.streams) - 1)], step)
-        return total
+                stream = p.streams[min(step[0], len(p.streams) - 1)]
+                peak = step_rate(stream, step)
+                mean = step_mean(stream, step, peak)
+                total += mean
+                reserve = max(reserve, peak - mean)
+        return total + reserve
 
     @staticmethod
     def current(c: "Consumer") -> Step:
@@ -264,7 +307,7 @@ class StreamAllocator:
             if have < want and c.producer is not None:
                 streams = c.producer.streams
                 steps = ladder(streams, want[0])
-                above = [r for st, r in steps if st > have]
+                above = [r for st, r, _ in steps if st > have]
                 if above:
                     below = step_rate(streams[have[0]], have) if have[0] >= 0 else 0.0
                     self.next_step_bps = max(0.0, above[0] - below)

@@ -31,7 +31,7 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from .producer import KEYFRAME_MIN_INTERVAL, KEYFRAME_RETRY, Producer, RecvStream
+from .producer import KEYFRAME_MIN_INTERVAL, KEYFRAME_RETRY, Producer, RecvStream, mean_rate
 from .rtp import parse_rtp
 
 if TYPE_CHECKING:
@@ -303,6 +303,7 @@ class PipeEndpoint:
                 stream = self.remote.get(sid)
                 if stream is not None:
                     stream.bitrate = bps
+                    stream.bitrate_mean = mean_rate(stream.bitrate_mean, bps)
                     stream.bitrate_peak = peak
                     if age_ms >= 0:
                         stream.last_packet = max(stream.last_packet, now - age_ms / 1000.0)

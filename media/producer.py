@@ -35,6 +35,11 @@ KEYFRAME_RETRY = 1.0  # ask again if the keyframe has not come after this
 TL_DEFAULT_SHARE = {2: (0.6, 1.0), 3: (0.4, 0.6, 1.0)}  # libwebrtc's temporal rate split
 
 
+def mean_rate(mean: float, sample: float) -> float:
+    """One more 0.5 s window into a rate smoothed over about 2 s."""
+    return sample if not mean else mean + 0.25 * (sample - mean)
+
+
 class RecvStream:
     """One incoming encoding: an SSRC, its RTX SSRC, and who forwards it."""
 
@@ -77,6 +82,9 @@ class RecvStream:
         self._rate_time = time.monotonic()
         self.bitrate = 0.0
         self.bitrate_peak = 0.0
+        #: the rate over the last ~2 s (0.5 s windows, smoothed): what a layer costs on
+        #: average, its keyframes spread out; the peak is its worst half second
+        self.bitrate_mean = 0.0
         # the peak when the layer last flowed: what resuming it will cost (a layer paused at
         # the publisher because nobody took it has no current rate; a nominal one was off by
         # 40 % for detailed content, and the allocator took a layer the link could not carry)
@@ -288,6 +296,7 @@ class RecvStream:
         if span >= 0.5:
             self.bitrate = self._rate_octets * 8 / span
             self.bitrate_peak = max(self.bitrate, self.bitrate_peak * 0.85)
+            self.bitrate_mean = mean_rate(self.bitrate_mean, self.bitrate)
             if now - self.last_packet < 0.25:
                 self.bitrate_known = self.bitrate_peak
             self._rate_octets = 0

@@ -95,3 +95,30 @@ def test_paused_layer_is_priced_at_its_last_peak_not_a_nominal_rate() -> None:
     h.last_packet = time.monotonic() - 5.0  # then paused at the publisher
     assert layer_rate(h, 1) == max(h.bitrate_known * 1.03, 500_000 * 0.5)
     assert layer_rate(h, 1) != 500_000
+
+
+def test_a_meeting_is_priced_at_its_averages_plus_its_largest_burst() -> None:
+    """Nine slots' keyframe peaks do not come at once: a 720p stage and 8 thumbnails whose
+    peaks sum to 5.5 Mbit/s fit a 4.3 Mbit/s budget that holds their averages (3.3) and the
+    largest single burst (the stage's, 0.7); one slot alone is still priced at its peak."""
+    rx = _Transport()
+    hub = _publisher("hub", [250_000, 700_000, 2_500_000])
+    hub.streams[2].bitrate_mean = 1_700_000
+    stage = _slot(rx, 0, hub)
+    thumbs = []
+    for i in range(1, 9):
+        p = _publisher(f"t{i}", [350_000], temporal_layers=1)
+        p.streams[0].bitrate_mean = 160_000
+        thumbs.append(_slot(rx, i, p))
+    alloc = StreamAllocator(rx)  # type: ignore[arg-type]
+    plan = alloc._plan(4_300_000, rx.consumers["video"])
+    assert plan[stage][0] == 2, plan
+    assert all(plan[t] == (0, 3) for t in thumbs), plan
+    cost = alloc._cost(plan)
+    means = 1_700_000 * 1.1 + 8 * 160_000 * 1.1
+    assert means < cost <= 4_300_000
+    assert abs(cost - (means + (2_500_000 * 1.03 - 1_700_000 * 1.1))) < 1
+    # the stage alone, with a budget above its 720p average but below its peak: not 720p
+    rx_alone = _Transport()
+    alone = _slot(rx_alone, 0, hub)
+    assert StreamAllocator(rx_alone)._plan(2_200_000, rx_alone.consumers["video"])[alone][0] < 2  # type: ignore[arg-type]
