@@ -45,7 +45,7 @@ from .sdp import (
     inspect_offer,
 )
 from .srtp import SrtpContext, SrtpError
-from .timing import LATENCY_BOUNDS_S, KernelArrival, add_counts  # noqa: F401  (re-exported)
+from .timing import LATENCY_BOUNDS_S, KernelArrival
 from .twcc import SendHistory, parse_arrivals
 
 if TYPE_CHECKING:
