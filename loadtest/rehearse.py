@@ -47,8 +47,10 @@ from urllib.parse import urlparse
 
 import aiohttp
 
-from .linkprofile import SiteSpec, plan_sites, read_profiles_csv, read_registry
+from media.timing import add_counts
+
 from . import media_sender
+from .linkprofile import SiteSpec, plan_sites, read_profiles_csv, read_registry
 from .rawpeer import FeedbackTicker, window_loss
 from .rehearse_args import add_arguments
 from .sitesim import UDP_IP_OVERHEAD, SimSite, StallWatch, make_media
@@ -807,8 +809,8 @@ class Rehearsal:
                 server["upstream_lost"] = int(m1.get("hoinghi_upstream_lost_packets_total", 0) - m0.get("hoinghi_upstream_lost_packets_total", 0))
                 server["retransmissions"] = int(m1.get("hoinghi_retransmissions_total", 0) - m0.get("hoinghi_retransmissions_total", 0))
                 server["layer_switches"] = int(m1.get("hoinghi_layer_switches_total", 0) - m0.get("hoinghi_layer_switches_total", 0))
-                # what the SFU itself adds: time in the per-site pacers, and its event loops' lag
-                # (a datagram waits in the socket buffer at least that long)
+                # what the SFU itself adds: kernel receive to last copy out, time in the per-site
+                # pacers; and why: its event loops' lag, its garbage collector's pauses
                 for key, metric in (("pacer_wait", "hoinghi_pacer_wait_seconds"), ("forward_delay", "hoinghi_forward_delay_seconds"),
                                     ("loop_lag", "hoinghi_worker_loop_lag_seconds"),
                                     ("gc_pause", "hoinghi_worker_gc_pause_seconds")):
@@ -844,7 +846,7 @@ class Rehearsal:
         send_lag = _send_lag_window(getattr(self, "send_lag0", None))
         for w in workers or []:
             n_stalls += w["totals"].get("generator_stalls", 0)
-            send_lag = _add_hist(send_lag, w["totals"].get("send_lag_hist"))
+            send_lag = add_counts(send_lag or [], w["totals"].get("send_lag_hist") or []) or None
             warnings += [f"worker {w['worker']}: {x}" for x in w.get("warnings", [])]
         gen = [x for x in self.timeline["generator_cpu_pct"] if x is not None]
         if workers:
@@ -1110,15 +1112,6 @@ def _send_lag_window(hist0: Optional[list]) -> Optional[list]:
         return None
     d = [a - b for a, b in zip(media_sender.send_lag_hist, hist0)]
     return d if any(d) else None
-
-
-def _add_hist(a: Optional[list], b: Optional[list]) -> Optional[list]:
-    if not b:
-        return a
-    if not a:
-        return list(b)
-    n = max(len(a), len(b))
-    return [(a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(n)]
 
 
 def _hist_pctl(hist: Optional[list], key: str) -> dict:
