@@ -45,14 +45,6 @@ def _frame(base: np.ndarray, margin: int, width: int, height: int, i: int, n: in
     return np.clip(frame, 0, 255).astype(np.uint8)
 
 
-def textured_frames(width: int, height: int, n: int, seed: int = 11) -> list[np.ndarray]:
-    """n frames of the same look in memory (for a small synthetic camera, looped)."""
-    rng = np.random.default_rng(seed)
-    margin = max(8, width // 12)
-    base = _texture(width + 2 * margin, height + 2 * margin, rng)
-    return [_frame(base, margin, width, height, i, n, rng) for i in range(n)]
-
-
 def textured_y4m(width: int = 1280, height: int = 720, fps: int = 20, seconds: float = 4.0, seed: int = 7) -> Path:
     """Path of the cached Y4M file (written on first use; ~110 MB for the defaults)."""
     path = CACHE / f"camera-textured-{width}x{height}-{fps}fps-{seconds:g}s-{seed}.y4m"

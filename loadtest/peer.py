@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 class PatternVideoTrack(VideoStreamTrack):
     """A moving test pattern at a fixed frame rate (aiortc encodes it: client side only)."""
 
-    def __init__(self, width: int = 320, height: int = 240, fps: int = 15, textured: bool = False) -> None:
+    def __init__(self, width: int = 320, height: int = 240, fps: int = 15) -> None:
         super().__init__()
         self.width, self.height, self.fps = width, height, fps
         self.frames = 0
@@ -49,14 +49,6 @@ class PatternVideoTrack(VideoStreamTrack):
         base = np.zeros((height, width, 3), np.uint8)
         base[:, :, 1] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
         self._base = base
-        # textured: 2 s of a panned, noisy texture (loadtest/camera_file.py's look), looped, so
-        # the encoder spends the bit rate it is given, as with a real camera; the flat pattern
-        # encodes at a fraction of it
-        self._loop = None
-        if textured:
-            from loadtest.camera_file import textured_frames
-
-            self._loop = textured_frames(width, height, 2 * fps)
 
     async def recv(self) -> VideoFrame:
         if self._start is None:
@@ -65,12 +57,9 @@ class PatternVideoTrack(VideoStreamTrack):
         delay = target - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        if self._loop is not None:
-            img = self._loop[self.frames % len(self._loop)]
-        else:
-            img = self._base.copy()
-            x = (self.frames * 4) % self.width
-            img[:, x : x + 8, :] = 255
+        img = self._base.copy()
+        x = (self.frames * 4) % self.width
+        img[:, x : x + 8, :] = 255
         frame = VideoFrame.from_ndarray(img, format="bgr24")
         frame.pts = int(self.frames * 90000 / self.fps)
         frame.time_base = fractions.Fraction(1, 90000)
@@ -173,9 +162,7 @@ class SyntheticSite:
         transport_cc: bool = True,
         use_ice_servers: bool = False,
         relay_only: bool = False,
-        textured: bool = False,
     ) -> None:
-        self.textured = textured
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.publish_video = publish_video
@@ -278,7 +265,7 @@ class SyntheticSite:
         if self.publish_audio:
             pc.addTransceiver(ToneAudioTrack(), direction="sendonly")
         if self.publish_video:
-            self.video_track = PatternVideoTrack(*self.video_size, fps=self.fps, textured=self.textured)
+            self.video_track = PatternVideoTrack(*self.video_size, fps=self.fps)
             pc.addTransceiver(self.video_track, direction="sendonly")
         for _ in range(nv):
             pc.addTransceiver("video", direction="recvonly")
