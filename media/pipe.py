@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 T_RTP, T_SR, T_WANT, T_KEYFRAME, T_RATES = 1, 2, 3, 4, 5
 _head = struct.Struct("!BI")
 _rtp_head = struct.Struct("!BId")  # + the origin's kernel arrival time (CLOCK_MONOTONIC is host-wide)
-_arrival = struct.Struct("!d")
 _sr = struct.Struct("!BIQId")  # + the origin's arrival time (CLOCK_MONOTONIC is host-wide)
 _want = struct.Struct("!BIB")
 _rate = struct.Struct("!Iffh")
@@ -95,7 +94,7 @@ class PipeSink:
     """At the origin: forwards one stream to one other worker. Sits in RecvStream.sinks
     like a Consumer, so the packet path needs no special case."""
 
-    __slots__ = ("endpoint", "addr", "prefix", "stream", "worker", "sid", "sr_sent")
+    __slots__ = ("endpoint", "addr", "stream", "worker", "sid", "sr_sent")
     target = None  # RecvStream.sinks entries are read for a pending switch target
 
     def __init__(self, endpoint: "PipeEndpoint", stream: RecvStream, sid: int, worker: int, addr: tuple) -> None:
@@ -104,11 +103,10 @@ class PipeSink:
         self.worker = worker
         self.addr = addr
         self.sid = sid
-        self.prefix = _head.pack(T_RTP, sid)
         self.sr_sent = 0.0
 
     def write(self, info: Any, stream: RecvStream, now: float) -> None:
-        self.endpoint.sendto(self.prefix + _arrival.pack(info.arrival) + info.data, self.addr)
+        self.endpoint.sendto(_rtp_head.pack(T_RTP, self.sid, info.arrival) + info.data, self.addr)
 
     def source_closed(self, stream: RecvStream) -> None:
         self.endpoint.sinks.pop((id(stream), self.worker), None)

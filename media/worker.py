@@ -309,8 +309,8 @@ class Worker:
 
     async def _lag_loop(self) -> None:
         """How late this worker's event loop runs a 20 ms timer: a datagram waits in the
-        socket buffer at least that long before the forwarding path sees it, so this plus the
-        pacer's wait is what the SFU adds to a packet's latency."""
+        socket buffer at least that long before the forwarding path sees it. (What the SFU
+        adds to a packet is measured directly, hoinghi_forward_delay_seconds; this says why.)"""
         loop = asyncio.get_running_loop()
         lag = self.loop_lag
         while True:
