@@ -1115,7 +1115,7 @@ def _send_lag_window(hist0: Optional[list]) -> Optional[list]:
 
 
 def _hist_pctl(hist: Optional[list], key: str) -> dict:
-    """p50/p99 (ms, the bin's upper edge) of a 1 ms histogram."""
+    """p50/p99 (ms, the middle of the bin) of a histogram of 1 ms bins (the last one: longer)."""
     total = sum(hist or ())
     if not total:
         return {f"{key}_p50": None, f"{key}_p99": None}
@@ -1125,7 +1125,7 @@ def _hist_pctl(hist: Optional[list], key: str) -> dict:
         for i, n in enumerate(hist):  # type: ignore[arg-type]
             acc += n
             if acc >= q * total:
-                out[f"{key}_{name}"] = float(i + 1)
+                out[f"{key}_{name}"] = (i + 0.5) * LATENCY_BIN_MS
                 break
     return out
 
@@ -1137,23 +1137,10 @@ def _trim(hist: list) -> list:
 
 
 def _merged_latency(sums: list) -> dict:
-    total = [0] * (LATENCY_BINS + 1)
+    total: list[int] = []
     for x in sums:
-        for i, n in enumerate(x.get("latency_hist") or []):
-            total[i] += n
-    count = sum(total)
-    if not count:
-        return {"latency_ms_p50": None, "latency_ms_p99": None, "latency_samples": 0}
-
-    def q(frac: float) -> float:
-        want, acc = frac * count, 0
-        for i, n in enumerate(total):
-            acc += n
-            if acc >= want:
-                return (i + 0.5) * LATENCY_BIN_MS
-        return LATENCY_BINS * LATENCY_BIN_MS
-
-    return {"latency_ms_p50": q(0.5), "latency_ms_p99": q(0.99), "latency_samples": count}
+        add_counts(total, x.get("latency_hist") or [])
+    return {**_hist_pctl(total, "latency_ms"), "latency_samples": sum(total)}
 
 
 def _pctl(xs: list, q: float) -> Optional[float]:
