@@ -389,7 +389,11 @@ class Rehearsal:
         self.args = args
         self.server = server
         self.specs = specs
-        self.media = make_media(args.media, audio=not args.no_audio, talkers=args.talkers)
+        talker_ids = getattr(args, "talker_ids", None)
+        if talker_ids is None:  # the first `talkers` sites after the hub, whichever process runs them
+            talker_ids = [s.site_id for s in specs if s.role != "hub"][: args.talkers]
+        self.talker_ids = list(talker_ids)
+        self.media = make_media(args.media, audio=not args.no_audio, talkers=args.talkers, talker_ids=self.talker_ids)
         self.stalls = StallWatch()
         self.control: Any = None  # set in a worker process (loadtest.rehearse_worker)
         self.decrypt_every = args.decrypt_every or (8 if getattr(self.media, "simulcast", False) else 1)
@@ -808,7 +812,8 @@ class Rehearsal:
                     server["us_per_forwarded_packet"] = round(1e6 * server["cpu_s"] / dpk, 2)
                 server["upstream_lost"] = int(m1.get("hoinghi_upstream_lost_packets_total", 0) - m0.get("hoinghi_upstream_lost_packets_total", 0))
                 server["retransmissions"] = int(m1.get("hoinghi_retransmissions_total", 0) - m0.get("hoinghi_retransmissions_total", 0))
-                server["layer_switches"] = int(m1.get("hoinghi_layer_switches_total", 0) - m0.get("hoinghi_layer_switches_total", 0))
+                for key in ("layer_switches", "audio_switches", "speaker_changes"):
+                    server[key] = int(m1.get(f"hoinghi_{key}_total", 0) - m0.get(f"hoinghi_{key}_total", 0))
                 # what the SFU itself adds: kernel receive to last copy out, time in the per-site
                 # pacers; and why: its event loops' lag, its garbage collector's pauses
                 for key, metric in (("pacer_wait", "hoinghi_pacer_wait_seconds"), ("forward_delay", "hoinghi_forward_delay_seconds"),
@@ -909,6 +914,7 @@ async def run_processes(reh: Rehearsal, http: aiohttp.ClientSession, k: int) -> 
     t0_wall = time.time() + 2.0  # the workers need a moment to start
     reh.t0 = time.monotonic() + 2.0
     plain_args = {key: (str(v) if isinstance(v, Path) else v) for key, v in vars(a).items() if key != "func"}
+    plain_args["talker_ids"] = reh.talker_ids  # chosen over all sites, not per process
     procs = []
     for w in range(k):
         idx = [i for i in range(len(reh.specs)) if i % k == w]
@@ -1276,7 +1282,9 @@ def summary_table(result: dict) -> str:
                     f"garbage-collector pauses max {_le(sv.get('gc_pause_ms_max'))} ms ({sv.get('gc_pause_over_50ms', 0)} over 50 ms); "
                     if sv.get("pacer_wait_ms_p50") is not None else "")
                  + f"{_f(sv.get('us_per_forwarded_packet'), 1)} us/forwarded pkt, hub uplink mean {_f((sv.get('hub_uplink_kbps_mean') or 0) / 1000, 1)} "
-                 f"/ peak {_f((sv.get('hub_uplink_kbps_peak') or 0) / 1000, 1)} Mbit/s")
+                 f"/ peak {_f((sv.get('hub_uplink_kbps_peak') or 0) / 1000, 1)} Mbit/s"
+                 + (f"; video slot switches {sv['layer_switches']}, audio slot switches {sv.get('audio_switches', 0)}, "
+                    f"speaker changes {sv.get('speaker_changes', 0)}" if sv.get("layer_switches") is not None else ""))
     if sv.get("cpu_note"):
         lines.append(f"note: {sv['cpu_note']}")
     for w in result.get("warnings", []):

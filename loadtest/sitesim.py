@@ -442,7 +442,7 @@ class PreEncodedMedia:
     simulcast = True
 
     def __init__(self, audio: bool = True, uplink_share: float = 0.75, cache_dir: Optional[str] = None,
-                 fps: int = 20, talkers: int = 0) -> None:
+                 fps: int = 20, talkers: int = 0, talker_ids: Optional[list[str]] = None) -> None:
         from .media_source import SyntheticMedia as Cache  # built by another work item; optional
 
         self.cache = Cache.load(cache_dir, fps=fps)
@@ -450,6 +450,9 @@ class PreEncodedMedia:
         self.audio = audio
         self.uplink_share = uplink_share
         self.talkers = talkers
+        #: which sites talk, chosen once for the whole rehearsal (counting per generator
+        #: process made `--talkers 3` with two processes six talkers)
+        self.talker_ids = set(talker_ids) if talker_ids is not None else None
         self._talking = 0
         self.layer_bps = [layer.bitrate(fps) for layer in self.cache.layers]
         self.rids = [layer.rid for layer in self.cache.layers]
@@ -460,9 +463,13 @@ class PreEncodedMedia:
         from .media_source import TalkSchedule
 
         talk = TalkSchedule.silent()
-        if spec is not None and (spec.role == "hub" or self._talking < self.talkers):
+        if self.talker_ids is not None:
+            talks = spec is not None and (spec.role == "hub" or spec.site_id in self.talker_ids)
+        else:
+            talks = spec is not None and (spec.role == "hub" or self._talking < self.talkers)
+        if talks:
             talk = TalkSchedule.always()
-            if spec.role != "hub":
+            if spec is not None and spec.role != "hub":
                 self._talking += 1
         return {"media": self.cache, "simulcast": True, "publish_audio": self.audio, "talk": talk,
                 "site_id": spec.site_id if spec else None}
@@ -525,7 +532,7 @@ def make_media(name: str = "auto", **kw: Any) -> Any:
         except ImportError:
             ok = False
         if ok:
-            return PreEncodedMedia(**{k: v for k, v in kw.items() if k in ("audio", "uplink_share", "cache_dir", "talkers")})
+            return PreEncodedMedia(**{k: v for k, v in kw.items() if k in ("audio", "uplink_share", "cache_dir", "talkers", "talker_ids")})
         if name == "preencoded":
             raise RuntimeError("pre-encoded media is not available here (loadtest.media_source): use --media synthetic")
     return SyntheticMedia(**{k: v for k, v in kw.items() if k in ("rate", "fps", "payload", "audio", "uplink_share")})

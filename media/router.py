@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 SlotsListener = Callable[[WebRtcTransport, dict], None]
 
-AUDIO_KEEP_DB = 6.0  # how much louder a site must be to take an audio slot from a speaking one
 
 
 class Router:
@@ -178,7 +177,6 @@ class Router:
         if present is not None:
             present.update(id(p) for p in out)
         if kind == "audio":
-            loud = self.speakers.loudness
             dominant = self.speakers.dominant
             if len(out) > self.settings.audio_slots:
                 # more publishers than audio slots: only sites that are speaking compete, so
@@ -186,14 +184,11 @@ class Router:
                 audible = self.speakers.audible
                 out = [p for p in out if p.participant_id in audible or p.participant_id == dominant]
             held = sticky or set()
-            # a site already in one of this receiver's audio slots keeps it against a
-            # challenger less than AUDIO_KEEP_DB louder: four people talking at once do not
-            # make the three slots trade places every window
-            out.sort(key=lambda p: (
-                p.participant_id != dominant,
-                -(loud.get(p.participant_id, 0.0) + (AUDIO_KEEP_DB if id(p) in held else 0.0)),
-                self._rank(p.participant_id),
-            ))
+            # a site already in one of this receiver's audio slots keeps it while it is
+            # audible: four people talking at once do not make three slots trade places at
+            # every pause between words (see SpeakerDetector.audio_key)
+            key = self.speakers.audio_key
+            out.sort(key=lambda p: (*key(p.participant_id, id(p) in held), self._rank(p.participant_id)))
         else:
             out.sort(key=lambda p: self._rank(p.participant_id))
         return out
@@ -421,7 +416,8 @@ class Router:
             "lost": sum(s.lost_for_good for s in recv),
             "nacks": sum(s.nacks_sent for s in recv),
             "retransmissions": sum(c.retransmits for c in consumers),
-            "switches": sum(c.switches for c in consumers),
+            "switches": sum(c.switches for c in consumers if c.kind == "video"),
+            "audio_switches": sum(c.switches for c in consumers if c.kind == "audio"),
             "paused": sum(1 for c in consumers if c.kind == "video" and c.paused),
             "estimates": [t.estimator.estimate for t in transports if t.estimator.mode != "none"],
             "pace_waited": functools.reduce(add_counts, (t.pace_waited for t in transports), []),

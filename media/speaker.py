@@ -7,12 +7,20 @@ into a loudness (dB above -127 dBov) and a speech flag, keeps a ~1.5 s history p
 - ranks sites by smoothed loudness for the loudest-K audio slots (a silent site drops out
   after its loudness decays, so a pause between sentences does not reshuffle slots);
 - replaces the dominant speaker only when a challenger has been speaking for most of the
-  last second *and* more than the current one over the last 1.5 s: short noises (a cough,
-  a door) never reach that, continuous speech does within about a second; a new dominant
-  speaker holds for at least 2 s and is replaced only by someone clearly ahead (6 dB or a
-  window more of speech), so two people talking over each other do not flip the stage.
-Only sites that are speaking (`audible`) compete for audio slots when there are more
-publishers than slots: silent sites never shuffle them.
+  last second, and either the current one has stopped (speech in at most one of its last
+  five windows: a handover takes about a second) or, while both talk, the challenger is
+  clearly ahead over the last 3 s: five windows more of speech out of fifteen, or as much
+  speech and 6 dB louder while speaking. A new dominant speaker holds for at least 2 s.
+  Short noises (a cough, a door) never qualify; people talking over each other, pausing
+  between sentences, do not flip the stage (with "one window more of speech in 1.6 s", four
+  such talkers changed the stage at every 2 s hold, each change a keyframe for every
+  receiver).
+Only sites that are speaking (`audible`: speech in the last ~1.6 s, or still loud) compete
+for audio slots when there are more publishers than slots: silent sites never shuffle them.
+A site holding a slot keeps it while it is audible (`audio_key`): the pauses between words
+and sentences (DTX sends nothing, so one quiet window drops the smoothed loudness by a
+third) must not hand its slot to a fourth talker and back (at 20 sites with four talkers
+that was ~1.5 audio switches a second per receiver).
 """
 
 from __future__ import annotations
@@ -24,12 +32,15 @@ if TYPE_CHECKING:
     from .producer import Producer
 
 WINDOW_S = 0.2
-HISTORY = 8  # windows kept (1.6 s)
+HISTORY = 8  # windows (1.6 s): a site that spoke within them is audible
+LONG = 15  # windows kept (3 s): who talks more, when two talk at once
 SPEECH_DBOV = -50  # louder than this counts as speech (typical speech -20..-40, room noise < -60)
 CHALLENGE_WINDOWS = 5  # the challenger must speak in >= this many of the last windows (~1 s)
 SMOOTHING = 0.35
 MIN_HOLD_WINDOWS = 10  # a new dominant speaker keeps the stage for at least ~2 s
-SWITCH_MARGIN_DB = 6.0  # ... and is replaced only by someone clearly louder or more active
+SWITCH_MARGIN_DB = 6.0  # ... and, while it talks, replaced only by someone clearly louder
+SWITCH_MARGIN_WINDOWS = 5  # ... or speaking in this many more of the last LONG windows
+STOPPED_WINDOWS = 1  # speech in at most this many of the last CHALLENGE_WINDOWS: stopped
 
 
 class SpeakerDetector:
@@ -37,6 +48,7 @@ class SpeakerDetector:
         self.dominant: Optional[str] = None  # participant id
         self.loudness: dict[str, float] = {}  # participant id -> smoothed dB above -127 dBov
         self._speech: dict[str, deque] = {}
+        self._loud: dict[str, deque] = {}  # per window, unsmoothed (0 for a silent window)
         self.changes = 0
         #: sites worth an audio slot now: speaking in the last window, or still loud on average
         #: (a pause between sentences). Silent sites never take (or shuffle) the loudest-K slots.
@@ -59,17 +71,25 @@ class SpeakerDetector:
                 loud = 0.0  # no packets (muted, DTX): silence
             prev = self.loudness.get(pid, 0.0)
             self.loudness[pid] = prev + (loud - prev) * SMOOTHING
-            hist = self._speech.setdefault(pid, deque(maxlen=HISTORY))
+            hist = self._speech.setdefault(pid, deque(maxlen=LONG))
             hist.append(loud >= 127 + SPEECH_DBOV)
+            self._loud.setdefault(pid, deque(maxlen=LONG)).append(loud)
         for pid in list(self.loudness):
             if pid not in seen:
                 del self.loudness[pid]
                 self._speech.pop(pid, None)
+                self._loud.pop(pid, None)
                 if self.dominant == pid:
                     self.dominant = None
         quiet = 127.0 + SPEECH_DBOV - 20
-        self.audible = {pid for pid, hist in self._speech.items() if (hist and hist[-1]) or self.loudness.get(pid, 0.0) > quiet}
+        self.audible = {pid for pid in self._speech if self._activity(pid, HISTORY) or self.loudness.get(pid, 0.0) > quiet}
         return self._decide()
+
+    def audio_key(self, pid: str, held: bool) -> tuple:
+        """Sort key for one receiver's loudest-K candidates: the dominant speaker first, then
+        sites already in one of its audio slots that are still audible (they keep them
+        through pauses), then by loudness. Only the dominant speaker displaces a holder."""
+        return (pid != self.dominant, not (held and pid in self.audible), -self.loudness.get(pid, 0.0))
 
     def _activity(self, pid: str, windows: int) -> int:
         hist = self._speech.get(pid)
@@ -77,27 +97,34 @@ class SpeakerDetector:
             return 0
         return sum(list(hist)[-windows:])
 
+    def _speaking_loudness(self, pid: str) -> float:
+        """Mean loudness over the windows with speech in the last LONG (pauses excluded)."""
+        loud = [x for x, sp in zip(self._loud.get(pid, ()), self._speech.get(pid, ())) if sp]
+        return sum(loud) / len(loud) if loud else 0.0
+
     def _decide(self) -> bool:
-        best, best_score = None, -1
+        best, best_key = None, (-1, -1.0)
         for pid in self.loudness:
             if pid == self.dominant:
                 continue
-            recent = self._activity(pid, CHALLENGE_WINDOWS)
-            if recent < CHALLENGE_WINDOWS - 1:
+            if self._activity(pid, CHALLENGE_WINDOWS) < CHALLENGE_WINDOWS - 1:
                 continue
-            score = self._activity(pid, HISTORY) * 100 + self.loudness[pid]
-            if score > best_score:
-                best, best_score = pid, score
+            key = (self._activity(pid, LONG), self._speaking_loudness(pid))
+            if key > best_key:
+                best, best_key = pid, key
         if best is None:
-            if self.dominant is None and self.loudness:
-                return False
             return False
-        if self.dominant is not None:
+        cur = self.dominant
+        if cur is not None:
             if self._windows_since_change < MIN_HOLD_WINDOWS:
+                return False  # a new speaker keeps the stage a moment
+            stopped = self._activity(cur, CHALLENGE_WINDOWS) <= STOPPED_WINDOWS
+            active = self._activity(cur, LONG)
+            ahead = best_key[0] >= active + SWITCH_MARGIN_WINDOWS or (
+                best_key[0] >= active and best_key[1] >= self._speaking_loudness(cur) + SWITCH_MARGIN_DB
+            )
+            if not (stopped or ahead):
                 return False  # two people talking over each other do not flip the stage
-            current = self._activity(self.dominant, HISTORY) * 100 + self.loudness.get(self.dominant, 0.0)
-            if current + SWITCH_MARGIN_DB >= best_score:
-                return False
         self.dominant = best
         self.changes += 1
         self._windows_since_change = 0

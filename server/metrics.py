@@ -36,7 +36,9 @@ class RoomCollector:
         lost = CounterMetricFamily("hoinghi_upstream_lost_packets", "Packets never recovered from publishers", labels=["meeting"])
         nacks = CounterMetricFamily("hoinghi_nacks_sent", "Sequence numbers NACKed upstream", labels=["meeting"])
         retx = CounterMetricFamily("hoinghi_retransmissions", "RTX packets sent to subscribers", labels=["meeting"])
-        switches = CounterMetricFamily("hoinghi_layer_switches", "Simulcast layer or source switches", labels=["meeting"])
+        switches = CounterMetricFamily("hoinghi_layer_switches", "Video slots switched to another simulcast layer or site (at a keyframe)", labels=["meeting"])
+        audio_switches = CounterMetricFamily("hoinghi_audio_switches", "Audio slots switched to another site (loudest-K)", labels=["meeting"])
+        speaker_changes = CounterMetricFamily("hoinghi_speaker_changes", "Dominant speaker changes (each moves the stage of every receiver)", labels=["meeting"])
         paused = GaugeMetricFamily("hoinghi_paused_video_slots", "Video slots paused for lack of bandwidth", labels=["meeting"])
         rooms = GaugeMetricFamily("hoinghi_rooms", "Live meetings")
         egress = GaugeMetricFamily("hoinghi_egress_bps", "The server's media uplink budget (bit/s): capacity (0 = unlimited), sent, demand, planned", labels=["what"])
@@ -70,6 +72,10 @@ class RoomCollector:
             nacks.add_metric([mid], tot["nacks"])
             retx.add_metric([mid], tot["retransmissions"])
             switches.add_metric([mid], tot["switches"])
+            audio_switches.add_metric([mid], tot.get("audio_switches", 0))
+            detector = getattr(room.router, "speakers", None)
+            if detector is not None:
+                speaker_changes.add_metric([mid], detector.changes)
             paused.add_metric([mid], tot["paused"])
             estimates.extend(tot["estimates"])
             add_counts(waited, tot.get("pace_waited") or [])
@@ -118,7 +124,7 @@ class RoomCollector:
                              "How late the media workers' event loops ran a 20 ms timer (all workers)", lag, 0, None)
             yield _histogram("hoinghi_worker_gc_pause_seconds",
                              "How long the media workers' garbage-collector passes stopped them (all workers)", gc_pause, 0, None)
-        yield from (rooms, connections, participants, streams, packets, octets, dropped, lost, nacks, retx, switches, paused, estimate)
+        yield from (rooms, connections, participants, streams, packets, octets, dropped, lost, nacks, retx, switches, audio_switches, speaker_changes, paused, estimate)
 
 
 def _histogram(name: str, doc: str, counts: list[int], extra_first: int, total_s: Optional[float]) -> HistogramMetricFamily:
