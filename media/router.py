@@ -19,6 +19,7 @@ import time
 from typing import Callable, Optional
 
 from .consumer import Consumer
+from .gcpolicy import POLICY
 from .pipe import PipeOrigin
 from .producer import Producer, RecvStream
 from .speaker import WINDOW_S, SpeakerDetector
@@ -94,6 +95,7 @@ class Router:
             self.names.pop(participant_id, None)
         if origin is not None:
             origin.close()
+            POLICY.left()
         self.reassign()
         return origin
 
@@ -119,11 +121,13 @@ class Router:
         self.names.pop(participant_id, None)
         if t is not None:
             await t.close()
+            POLICY.left()
         self.reassign()
 
     # ---------------------------------------------------------------- events from transports
 
     def transport_connected(self, transport: WebRtcTransport) -> None:
+        POLICY.joined()
         self.reassign()
         self._schedule_layers()
 

@@ -263,6 +263,10 @@ class WebRtcTransport:
             transceiver.direction = "recvonly"
         transceiver.sender.send = _no_op
         transceiver.receiver.receive = _no_op
+        # a video receiver's REMB estimator (aiortc's, unused: RTP never reaches the receiver)
+        # holds 1,001 small objects; at 80 sites a worker kept 246,000 of them, and every full
+        # garbage-collector pass walked them all (~230 ms with the forwarding path stopped)
+        transceiver.receiver._RTCRtpReceiver__remote_bitrate_estimator = None
 
     def _build(self, info: OfferInfo, by_mid: dict) -> None:
         uri_ids: dict[str, int] = {}

@@ -11,6 +11,7 @@ triples that a delay-based estimator needs, and the loss of exactly what the SFU
 from __future__ import annotations
 
 import struct
+from array import array
 from itertools import accumulate
 from typing import Optional
 
@@ -19,16 +20,21 @@ _MASK = _SIZE - 1
 
 
 class SendHistory:
-    """seq -> (send time in seconds, wire size in bytes, probe flag), in flat arrays."""
+    """seq -> (send time in seconds, wire size in bytes, probe flag), in flat arrays.
+
+    `array`s, not lists: a list of 16,384 numbers is a container the garbage collector walks
+    element by element on every full pass; four per transport at 80 sites per worker were
+    5.4 million elements, most of a 200 ms pause with the forwarding path stopped. An
+    array holds no references, so the collector does not look inside it."""
 
     __slots__ = ("seq", "times", "sizes", "seqs", "probe")
 
     def __init__(self) -> None:
         self.seq = 0
-        self.times = [0.0] * _SIZE
-        self.sizes = [0] * _SIZE
-        self.seqs = [-1] * _SIZE
-        self.probe = [False] * _SIZE
+        self.times = array("d", bytes(8 * _SIZE))
+        self.sizes = array("i", bytes(4 * _SIZE))
+        self.seqs = array("i", [-1]) * _SIZE
+        self.probe = array("b", bytes(_SIZE))
 
     def next(self, now: float, size: int, probe: bool = False) -> int:
         seq = self.seq
@@ -44,7 +50,7 @@ class SendHistory:
         i = seq & _MASK
         if self.seqs[i] != seq:
             return None
-        return self.times[i], self.sizes[i], self.probe[i]
+        return self.times[i], self.sizes[i], bool(self.probe[i])
 
 
 _ONE_BIT: dict[int, tuple[int, ...]] = {}  # status-vector chunk -> its symbols, built on first sight

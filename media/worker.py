@@ -28,6 +28,7 @@ from bisect import bisect_left
 from typing import Any, Optional
 
 from .budget import EgressBudget
+from .gcpolicy import POLICY
 from .pipe import PipeEndpoint, PipeOrigin, PipeRecvStream
 from .producer import Producer
 from .recorder import MeetingRecorder
@@ -124,6 +125,7 @@ class Worker:
         self.loop_lag = [0] * (len(LATENCY_BOUNDS_S) + 1)
         self.gc_pause = [0] * (len(LATENCY_BOUNDS_S) + 1)
         gc.callbacks.append(self._gc_timer)
+        POLICY.enable()  # full collector passes only when sites leave (media/gcpolicy.py)
         self._lag_task = asyncio.ensure_future(self._lag_loop())
         self.egress.start()
         while True:
