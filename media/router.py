@@ -162,50 +162,64 @@ class Router:
             return (3, self.speaker_order.index(pid))
         return (4, prio)
 
-    def _candidates(
-        self, kind: str, exclude: str, present: Optional[set[int]] = None, sticky: Optional[set[int]] = None
-    ) -> list[Producer]:
-        """Publishers of `kind` for a receiver, best first. `present` (if given) collects
-        every publisher of that kind, also those not ranked (silent sites for audio)."""
+    def _publishers(self, kind: str) -> list[Producer]:
+        """Every open published track of `kind`, local and remote."""
         out = []
-        for pid, t in self.transports.items():
-            if pid == exclude or t.closed:
-                continue
-            p = t.producers.get(kind)
+        for t in self.transports.values():
+            if not t.closed:
+                p = t.producers.get(kind)
+                if p is not None and not p.closed:
+                    out.append(p)
+        for origin in self.remote.values():
+            p = origin.producers.get(kind)
             if p is not None and not p.closed:
                 out.append(p)
-        for pid, origin in self.remote.items():
-            p = origin.producers.get(kind)
-            if p is not None and not p.closed and pid != exclude:
-                out.append(p)
-        if present is not None:
-            present.update(id(p) for p in out)
-        if kind == "audio":
-            dominant = self.speakers.dominant
-            if len(out) > self.settings.audio_slots:
-                # more publishers than audio slots: only sites that are speaking compete, so
-                # silent sites (ties at zero loudness, room noise) never shuffle the slots
-                audible = self.speakers.audible
-                out = [p for p in out if p.participant_id in audible or p.participant_id == dominant]
-            held = sticky or set()
-            # a site already in one of this receiver's audio slots keeps it while it is
-            # audible: four people talking at once do not make three slots trade places at
-            # every pause between words (see SpeakerDetector.audio_key)
-            key = self.speakers.audio_key
-            out.sort(key=lambda p: (*key(p.participant_id, id(p) in held), self._rank(p.participant_id)))
-        else:
-            out.sort(key=lambda p: self._rank(p.participant_id))
+        return out
+
+    def _video_order(self) -> list[Producer]:
+        """Video publishers best first; one sort for all receivers (each skips itself)."""
+        out = self._publishers("video")
+        out.sort(key=lambda p: self._rank(p.participant_id))
+        return out
+
+    def _audio_order(self) -> tuple[list[Producer], list[Producer], set[str]]:
+        """Audio publishers (all, those that may compete for a slot, and who they are),
+        loudest first, the dominant speaker ahead; sorted once for all receivers."""
+        dominant = self.speakers.dominant
+        loud = self.speakers.loudness
+        everyone = self._publishers("audio")
+        everyone.sort(key=lambda p: (p.participant_id != dominant, -loud.get(p.participant_id, 0.0), self._rank(p.participant_id)))
+        audible = self.speakers.audible
+        competing = [p for p in everyone if p.participant_id in audible or p.participant_id == dominant]
+        return everyone, competing, {p.participant_id for p in everyone}
+
+    def _audio_candidates(self, order: tuple[list[Producer], list[Producer], set[str]], exclude: str, held: set[int]) -> list[Producer]:
+        """One receiver's loudest-K candidates, best first."""
+        everyone, audible, publishing = order
+        others = len(everyone) - (exclude in publishing)
+        # more publishers than audio slots: only sites that are speaking compete, so silent
+        # sites (ties at zero loudness, room noise) never shuffle the slots
+        out = [p for p in (audible if others > self.settings.audio_slots else everyone) if p.participant_id != exclude]
+        # a site already in one of this receiver's audio slots keeps it while it is
+        # audible: four people talking at once do not make three slots trade places at
+        # every pause between words (see SpeakerDetector.audio_key); the sort is stable, so
+        # within each group the loudness order above stands
+        key = self.speakers.audio_key
+        out.sort(key=lambda p: key(p.participant_id, id(p) in held))
         return out
 
     def _reassign(self) -> None:
         self._reassign_pending = False
+        video = self._video_order()
+        audio = self._audio_order()
+        present = {"video": {id(p) for p in video}, "audio": {id(p) for p in audio[0]}}
         for pid, t in list(self.transports.items()):
             if not t.negotiated or t.closed:
                 continue
-            for kind in ("video", "audio"):
-                present: set[int] = set()
-                held = {id(c.assigned) for c in t.consumers[kind] if c.assigned is not None}
-                self._assign(t.consumers[kind], self._candidates(kind, pid, present, held), present)
+            cands = [p for p in video if p.participant_id != pid]
+            self._assign(t.consumers["video"], cands, present["video"])
+            held = {id(c.assigned) for c in t.consumers["audio"] if c.assigned is not None}
+            self._assign(t.consumers["audio"], self._audio_candidates(audio, pid, held), present["audio"])
             if t.connected.is_set():
                 t.allocator.run()
             self._notify(t)
@@ -214,11 +228,12 @@ class Router:
 
     def reassign_audio(self) -> None:
         """Loudest-K audio follows the speech every window; video only on speaker changes."""
+        audio = self._audio_order()
+        present = {id(p) for p in audio[0]}
         for pid, t in list(self.transports.items()):
             if t.negotiated and not t.closed:
-                present = set()
                 held = {id(c.assigned) for c in t.consumers["audio"] if c.assigned is not None}
-                self._assign(t.consumers["audio"], self._candidates("audio", pid, present, held), present)
+                self._assign(t.consumers["audio"], self._audio_candidates(audio, pid, held), present)
                 self._notify(t)
         if self.on_assigned is not None:
             self.on_assigned()

@@ -85,11 +85,12 @@ class SpeakerDetector:
         self.audible = {pid for pid in self._speech if self._activity(pid, HISTORY) or self.loudness.get(pid, 0.0) > quiet}
         return self._decide()
 
-    def audio_key(self, pid: str, held: bool) -> tuple:
-        """Sort key for one receiver's loudest-K candidates: the dominant speaker first, then
-        sites already in one of its audio slots that are still audible (they keep them
-        through pauses), then by loudness. Only the dominant speaker displaces a holder."""
-        return (pid != self.dominant, not (held and pid in self.audible), -self.loudness.get(pid, 0.0))
+    def audio_key(self, pid: str, held: bool) -> tuple[bool, bool]:
+        """Group of a site among one receiver's loudest-K candidates (a stable sort of a
+        loudest-first list by it): the dominant speaker first, then sites already in one
+        of its audio slots that are still audible (they keep them through pauses), then the
+        rest. Only the dominant speaker displaces a holder."""
+        return (pid != self.dominant, not (held and pid in self.audible))
 
     def _activity(self, pid: str, windows: int) -> int:
         hist = self._speech.get(pid)
