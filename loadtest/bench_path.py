@@ -7,7 +7,7 @@ sends them (descriptor with 15-bit PictureID, transport-cc-less header extension
 fan-out to N Consumers (rewrite, history, SRTP, sendto) — and reports CPU microseconds per
 forwarded packet. No ICE/DTLS handshake: those cost nothing per packet.
 
-    .venv/bin/python -m loadtest.bench_path --subscribers 1,10,60 --packets 20000
+    .venv/bin/python -m loadtest.bench_path --subscribers 1,10,60 --packets 20000 [--cc] [--uvloop]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _packet(seq: int, ts: int, pid: int, keyframe: bool, size: int = 1100) -> by
     return header + desc + vp8 + bytes(size - len(desc) - len(vp8))
 
 
-async def run(subscribers: int, packets: int) -> dict:
+async def run(subscribers: int, packets: int, cc: bool = False) -> dict:
     settings = MediaSettings()
     router = _Router()
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -67,7 +67,10 @@ async def run(subscribers: int, packets: int) -> dict:
         transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
         t._sendto = transport.sendto
         t._addr = addr
-        c = Consumer(t, "video", 0, "2", 1000 + i, 96, 90000, 2000 + i, 97, abs_send_time_id=3, nack=True)
+        c = Consumer(t, "video", 0, "2", 1000 + i, 96, 90000, 2000 + i, 97, abs_send_time_id=3, nack=True,
+                     transport_cc_id=5 if cc else 0)
+        if cc:  # as in production: transport-wide seq + send history, a pacer that never has to wait
+            t.set_pacing(1e9)
         c.assign(producer)
         t.consumers["video"].append(c)
         transports.append((t, transport))
@@ -101,13 +104,14 @@ def main() -> None:
     ap.add_argument("--subscribers", default="1,10,60")
     ap.add_argument("--packets", type=int, default=20000)
     ap.add_argument("--uvloop", action="store_true")
+    ap.add_argument("--cc", action="store_true", help="transport-cc stamping and a (never waiting) pacer, as with browsers")
     args = ap.parse_args()
     if args.uvloop:
         import uvloop
 
         uvloop.install()
     for n in (int(x) for x in args.subscribers.split(",")):
-        r = asyncio.run(run(n, args.packets))
+        r = asyncio.run(run(n, args.packets, args.cc))
         print(
             f"1 -> {r['subscribers']:>3}: {r['forwarded']:>8} forwarded, {r['us_per_forwarded']:>6} us CPU per forwarded packet, "
             f"{r['forwarded_per_cpu_s']:>7} forwarded packets per CPU-second"
