@@ -31,7 +31,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Optional
 
-from .estimator import LOSS_HIGH, LOSS_LOW, ProbeResult
+from .estimator import CAPACITY_SHARE, LOSS_HIGH, LOSS_LOW, ProbeResult
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ MEAN_MARGIN = 1.1  # on top of a layer's average (_Room: a set of slots)
 UPGRADE_HOLD_S = 1.5
 QUICK_UPGRADE_HOLD_S = 0.3  # after a probe found far more than is sent (a lifted cap, a start)
 QUICK_UPGRADE_WINDOW_S = 3.0
-NEAR_LIMIT_S = 10.0  # a decrease this recent means the link's limit is near
+NEAR_LIMIT_S = 60.0  # a decrease this recent means the link's limit is near (10 s: a 5 Mbit/s
+# link used at 60 % went back to 2.5 x pacing 10 s after each cut, and the next frames'
+# bursts made the next cut; the stage switched 4-12 times a minute)
 SPATIAL_UPGRADE_EXTRA = 0.25  # headroom a new spatial layer needs near the link's limit (keyframe burst)
 UPGRADE_BACKOFF_MAX_S = 20.0  # the longest hold after failed upgrades (a lifted cap resets it)
 FAILED_UPGRADE_S = 15.0  # a congestion downgrade this soon after an upgrade means the upgrade failed
@@ -59,6 +61,7 @@ PROBE_DURATION_S = 0.1  # short: on a link that cannot take the step, a probe co
 PROBE_TICK_S = 0.01
 CEILING_PROBE = 1.25  # a probe after a failed one aims this far above the rate it failed at
 CEILING_CLEAR = 1.1  # and must be received at least this far above it to count
+CAPACITY_SLOWED = 0.97  # a complete probe received below this share of its send rate measured the link
 THUMBNAIL_MAX_LAYER = 0
 STAGE_PREFERRED_LAYER = 1  # the stage gets up to this layer before thumbnails are admitted
 BACKLOG_THIN_S = 0.3  # a spatial downgrade thins the old layer only behind less pacer backlog
@@ -378,7 +381,14 @@ class StreamAllocator:
         self.allocated_bps = self._cost({c: self.current(c) for c in consumers})
         # pace at the estimate, but never below what was just decided to be sent (a stream
         # kept on its only layer over an unproven estimate must not queue up in the pacer)
-        t.set_pacing(max(estimate, self.allocated_bps + audio) if t.estimator.mode != "none" else 0.0, pace_factor)
+        base = max(estimate, self.allocated_bps + audio)
+        # ... and never faster than the link was measured to deliver: at 2.5 x, a 720p
+        # keyframe went into a 5 Mbit/s link at 12, queued there, read as over-use, and the
+        # cut took the stage down to 360p every 10-20 s with the link 60 % used
+        capacity = t.estimator.capacity_bps * CAPACITY_SHARE
+        if capacity:
+            pace_factor = min(pace_factor, max(1.0, capacity / base))
+        t.set_pacing(base if t.estimator.mode != "none" else 0.0, pace_factor)
         if self.allocated_bps + audio > estimate:
             self.deficient = True  # kept over budget: probing is how the estimate catches up
         self._maybe_probe(now)
@@ -534,7 +544,10 @@ class StreamAllocator:
         # out of reach), or drift above it while the media sent was too little to show it.
         complete = len(got) >= 0.95 * expected
         saturated = complete and recv_rate < 0.9 * send_rate and not reached
-        self.transport.estimator.on_probe(ProbeResult(rate, expected, len(got)), now, reached or complete, saturated)
+        # the link's capacity, for the pacer: any complete cluster the link slowed, even a
+        # little (5.2 Mbit/s into a 5 Mbit/s cap comes out at 4.98: "reached", yet the cap)
+        capacity = recv_rate if complete and recv_rate < CAPACITY_SLOWED * send_rate else 0.0
+        self.transport.estimator.on_probe(ProbeResult(rate, expected, len(got)), now, reached or complete, saturated, capacity)
         self.last_probe_result = (round(rate), round(pr["target"]), expected, len(got))
         if not reached and pr["ceiling"]:
             self._back_off()  # the ceiling stands

@@ -36,6 +36,8 @@ LOSS_HIGH = 0.10
 GROUP_S = 0.005  # send-time burst that forms one packet group (libwebrtc's kBurstDeltaThresholdMs)
 APP_LIMITED = 0.7  # sending below this share of the estimate: the link's limit was not reached
 DECREASE_MIN_S = 0.2  # over-use cuts at most this often (libwebrtc: one RTT, at most 200 ms)
+CAPACITY_TTL_S = 300.0  # a link's measured capacity is trusted this long without a new probe
+CAPACITY_SHARE = 0.95  # the estimate and the pacer stay below this share of it (a margin for bursts)
 
 NORMAL, OVERUSING, UNDERUSING = 0, 1, -1
 
@@ -190,6 +192,13 @@ class BandwidthEstimator:
         self.acked_bps = 0.0
         self.probe_window = (0.0, -1.0)  # send times of the current/last probe cluster (+ tail)
         self.probed = False
+        # what the bottleneck delivered when a probe saturated it (0: unknown). The pacer
+        # never sends faster than 0.95 of it, so a keyframe waits in the pacer, not in the
+        # link's queue (where GCC reads it as over-use); nor can the estimate exceed that
+        # (with the pacer capped, delay could no longer show an allocation too big). A probe
+        # that gets through above it clears it: the link changed.
+        self.capacity_bps = 0.0
+        self._capacity_at = 0.0
         self._acked: deque = deque()  # (arrival, size) over the last second
         self._acked_sum = 0
 
@@ -258,6 +267,8 @@ class BandwidthEstimator:
         near the link's last known capacity), never past 1.5 x the acked rate."""
         acked = int(self.acked_bps) if self.acked_bps > 0 else None
         before = self.delay_bps
+        if self.capacity_bps and now - self._capacity_at > CAPACITY_TTL_S:
+            self.capacity_bps = 0.0  # not measured again for minutes: let GCC find out
         if state == OVERUSING:
             if acked is None:
                 return  # nothing measured yet to cut relative to
@@ -304,7 +315,9 @@ class BandwidthEstimator:
         self._rate.set_estimate(int(bps), int(now * 1000))
         self.delay_bps = float(bps)
 
-    def on_probe(self, result: ProbeResult, now: float, reached: bool = True, saturated: bool = False) -> None:
+    def on_probe(
+        self, result: ProbeResult, now: float, reached: bool = True, saturated: bool = False, capacity: float = 0.0
+    ) -> None:
         """A probe that got through measured the link: take its rate if higher. One that
         saturated the link (it came out of the bottleneck's queue slower than it was sent)
         measured the link's capacity: take it, higher or lower (libwebrtc sets its delay-based
@@ -314,6 +327,11 @@ class BandwidthEstimator:
         cap said 290 kbit/s to no effect; then a 360p upgrade overflowed the link."""
         self.probed = True
         rate = result.bitrate
+        if capacity:
+            self.capacity_bps = capacity  # the rate it came out of the bottleneck's queue
+            self._capacity_at = now
+        elif reached and rate > self.capacity_bps:
+            self.capacity_bps = 0.0  # got through above it: the link changed
         lower = saturated and rate < self.estimate
         if not lower and not ((reached or saturated) and rate > self.estimate):
             return
@@ -357,6 +375,8 @@ class BandwidthEstimator:
         e = min(self.delay_bps, self.loss_bps)
         if self.mode == "remb" and self.remb_bps is not None:
             e = min(self.remb_bps, self.loss_bps)
+        if self.capacity_bps and e > CAPACITY_SHARE * self.capacity_bps:
+            e = CAPACITY_SHARE * self.capacity_bps
         return max(MIN_BPS, min(MAX_BPS, e))
 
     @property

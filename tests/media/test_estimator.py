@@ -122,3 +122,38 @@ def test_a_meeting_is_priced_at_its_averages_plus_its_largest_burst() -> None:
     rx_alone = _Transport()
     alone = _slot(rx_alone, 0, hub)
     assert StreamAllocator(rx_alone)._plan(2_200_000, rx_alone.consumers["video"])[alone][0] < 2  # type: ignore[arg-type]
+
+
+def test_a_probe_the_link_slowed_bounds_the_estimate_and_the_pacer() -> None:
+    """5.2 Mbit/s sent into a 5 Mbit/s cap comes out at 4.98: "reached" by the 10 % rule, yet
+    it measured the link. The pacer then never sends faster than 0.95 of that (at 2.5 x the
+    estimate a 720p keyframe went into the link at 12 Mbit/s, queued there, read as over-use,
+    and the cut took the stage down every 10-20 s with the link 60 % used), nor may the
+    estimate climb past it, since delay could no longer show an allocation too big. A probe
+    that gets through clearly above it says the link changed."""
+    from media.estimator import CAPACITY_SHARE, CAPACITY_TTL_S
+    from media.transport import MediaSettings, WebRtcTransport
+
+    class _Router:
+        def transport_connected(self, t) -> None: ...
+
+    t = WebRtcTransport(_Router(), "rx", MediaSettings())  # type: ignore[arg-type]
+    est = t.estimator
+    est.mode = "twcc"
+    now = time.monotonic()
+    est.on_probe(ProbeResult(2_000_000, 60, 60), now, reached=True)
+    t.allocator.run(now)
+    assert abs(t._pace_rate * 8 - t.PACE_FACTOR_FREE * 2_000_000) < 1  # nothing known: 2.5 x
+    est.on_probe(ProbeResult(4_980_000, 60, 60), now + 1, reached=True, capacity=4_980_000)
+    assert est.capacity_bps == 4_980_000
+    t.allocator.run(now + 1)
+    assert t._pace_rate * 8 <= CAPACITY_SHARE * 4_980_000 + 1
+    est.delay_bps = est.loss_bps = 7_000_000  # AIMD drift while the pacer hides any queue
+    assert abs(est.estimate - CAPACITY_SHARE * 4_980_000) < 1
+    est.on_probe(ProbeResult(8_000_000, 60, 60), now + 2, reached=True)
+    assert est.capacity_bps == 0 and abs(est.estimate - 8_000_000) < 1
+    # a measurement not repeated for minutes is forgotten at the next feedback
+    est.on_probe(ProbeResult(4_750_000, 60, 60), now + 3, reached=True, capacity=5_000_000)
+    est.on_feedback([(now + 3 + CAPACITY_TTL_S + k * 0.01, 1200, now + 3 + CAPACITY_TTL_S + k * 0.01) for k in range(5)],
+                    now + 4 + CAPACITY_TTL_S)
+    assert est.capacity_bps == 0
