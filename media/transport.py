@@ -157,6 +157,7 @@ class WebRtcTransport:
         self._probe_rr = 0
         self._remb_parts: dict[tuple, tuple] = {}
         self._pace_rate = 0.0
+        self._pace_burst = 3000.0
         self._pace_tokens = 0.0
         self._pace_time = now
         self._pace_queue: deque = deque()
@@ -573,6 +574,7 @@ class WebRtcTransport:
         """Pace this site's downlink at `factor` x its estimate (0: no pacing, for sites
         that send no congestion feedback). Idle cost is one comparison per packet."""
         self._pace_rate = estimate_bps * factor / 8.0  # bytes per second
+        self._pace_burst = max(3000.0, self._pace_rate * self.PACE_BURST_S)
 
     def send_rtp(self, packet: bytearray, tcc_off: int = 0) -> None:
         rate = self._pace_rate
@@ -588,14 +590,15 @@ class WebRtcTransport:
             self._pace_queued_bytes += len(packet)
             return
         now = time.monotonic()
-        burst = max(3000.0, rate * self.PACE_BURST_S)
-        tokens = min(burst, self._pace_tokens + (now - self._pace_time) * rate)
+        tokens = self._pace_tokens + (now - self._pace_time) * rate
+        if tokens > self._pace_burst:
+            tokens = self._pace_burst
         self._pace_time = now
         n = len(packet)
         w = n + WIRE_OVERHEAD
         if tokens >= w:
             self._pace_tokens = tokens - w
-            self._send_now(packet, tcc_off)
+            self._send_now(packet, tcc_off, now)
             return
         self._pace_tokens = tokens
         queue.append((packet, tcc_off, now))
@@ -637,14 +640,13 @@ class WebRtcTransport:
             self._pace_queued_bytes = 0
             return
         now = time.monotonic()
-        burst = max(3000.0, rate * self.PACE_BURST_S)
-        tokens = min(burst, self._pace_tokens + (now - self._pace_time) * rate)
+        tokens = min(self._pace_burst, self._pace_tokens + (now - self._pace_time) * rate)
         self._pace_time = now
         while queue and tokens >= len(queue[0][0]) + WIRE_OVERHEAD:
             packet, tcc_off, queued = queue.popleft()
             tokens -= len(packet) + WIRE_OVERHEAD
             self._pace_queued_bytes -= len(packet)
-            self._send_now(packet, tcc_off)
+            self._send_now(packet, tcc_off, now)
             wait = now - queued
             self.pace_wait_s += wait
             self.pace_waited[bisect_left(LATENCY_BOUNDS_S, wait)] += 1
@@ -652,12 +654,12 @@ class WebRtcTransport:
         if queue:
             asyncio.get_running_loop().call_later((len(queue[0][0]) + WIRE_OVERHEAD - tokens) / rate, self._pace_drain)
 
-    def _send_now(self, packet: bytearray, tcc_off: int) -> None:
+    def _send_now(self, packet: bytearray, tcc_off: int, now: float = 0.0) -> None:
         sendto = self._sendto
         if sendto is None:
             return
         if tcc_off:
-            seq = self.twcc_history.next(time.monotonic(), len(packet) + WIRE_OVERHEAD)
+            seq = self.twcc_history.next(now or time.monotonic(), len(packet) + WIRE_OVERHEAD)
             packet[tcc_off] = seq >> 8
             packet[tcc_off + 1] = seq & 0xFF
         try:
