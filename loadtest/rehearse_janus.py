@@ -166,7 +166,9 @@ async def rehearse_janus(args: argparse.Namespace, specs: list[SiteSpec], hoingh
     except Exception as exc:  # Janus missing or failing: the hoinghi report still stands
         return {"error": f"Janus did not start: {exc}"}
     print(f"janus: {len(specs)} sites against Janus VideoRoom (pid {pid}, port {port})", flush=True)
-    media = make_media(args.media, audio=not args.no_audio, talkers=getattr(args, "talkers", 0))
+    talkers = getattr(args, "talkers", 0)
+    talker_ids = [s.site_id for s in specs if s.role != "hub"][:talkers]  # the same sites as hoinghi's run
+    media = make_media(args.media, audio=not args.no_audio, talkers=talkers, talker_ids=talker_ids)
     slots = {s["site_id"]: (s.get("video_slots") or 9, s.get("audio_slots") or 3) for s in hoinghi.get("sites", [])}
     sites: list[JanusSite] = []
     ticker = FeedbackTicker([], twcc_interval=0.1)

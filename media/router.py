@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 SlotsListener = Callable[[WebRtcTransport, dict], None]
 
 
-
 class Router:
     def __init__(self, meeting_id: str, settings: MediaSettings) -> None:
         self.meeting_id = meeting_id

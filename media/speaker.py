@@ -50,8 +50,8 @@ class SpeakerDetector:
         self._speech: dict[str, deque] = {}
         self._loud: dict[str, deque] = {}  # per window, unsmoothed (0 for a silent window)
         self.changes = 0
-        #: sites worth an audio slot now: speaking in the last window, or still loud on average
-        #: (a pause between sentences). Silent sites never take (or shuffle) the loudest-K slots.
+        #: sites worth an audio slot now: speech in the last HISTORY windows, or still loud on
+        #: average (a pause between sentences). Silent sites never take (or shuffle) the slots.
         self.audible: set[str] = set()
         self._windows_since_change = 1 << 30
 
