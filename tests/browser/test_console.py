@@ -67,7 +67,6 @@ async def test_console_flows_through_the_browser(hoinghi, open_page):
         for s in [b, *extra]:
             await s.join()
             await s.start_media()
-        b_id = b.joined["participant"]["id"]
 
         hub = await open_page("hub", hoinghi.join_url("hub", hub_token))
         site = await open_page("site", hoinghi.join_url("site", hoinghi.token(SITE_A, name="UBND xã Cúc Phương")))
