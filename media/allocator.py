@@ -242,17 +242,16 @@ class StreamAllocator:
         return plan
 
     def _cost(self, plan: dict["Consumer", Step]) -> float:
-        """What these steps cost together: their averages plus the largest burst (_Room)."""
-        total = reserve = 0.0
+        """What these steps cost together, priced as _Room prices them."""
+        room = _Room(0.0)
         for c, step in plan.items():
             p = c.producer
             if p is not None and step[0] >= 0:
                 stream = p.streams[min(step[0], len(p.streams) - 1)]
                 peak = step_rate(stream, step)
                 mean = step_mean(stream, step, peak)
-                total += mean
-                reserve = max(reserve, peak - mean)
-        return total + reserve
+                room.take(0.0, mean, peak - mean)
+        return -room.free
 
     @staticmethod
     def current(c: "Consumer") -> Step:
