@@ -53,7 +53,7 @@ from . import media_sender
 from .linkprofile import SiteSpec, plan_sites, read_profiles_csv, read_registry
 from .rawpeer import FeedbackTicker, window_loss
 from .rehearse_args import add_arguments
-from .sitesim import UDP_IP_OVERHEAD, SimSite, StallWatch, make_media
+from .sitesim import UDP_IP_OVERHEAD, SimSite, StallWatch, choose_talkers, make_media
 
 logger = logging.getLogger("rehearse")
 
@@ -389,11 +389,9 @@ class Rehearsal:
         self.args = args
         self.server = server
         self.specs = specs
-        talker_ids = getattr(args, "talker_ids", None)
-        if talker_ids is None:  # the first `talkers` sites after the hub, whichever process runs them
-            talker_ids = [s.site_id for s in specs if s.role != "hub"][: args.talkers]
-        self.talker_ids = list(talker_ids)
-        self.media = make_media(args.media, audio=not args.no_audio, talkers=args.talkers, talker_ids=self.talker_ids)
+        talker_ids = getattr(args, "talker_ids", None)  # a generator process gets them from the parent
+        self.talker_ids = list(talker_ids) if talker_ids is not None else choose_talkers(specs, args.talkers)
+        self.media = make_media(args.media, audio=not args.no_audio, talker_ids=self.talker_ids)
         self.stalls = StallWatch()
         self.control: Any = None  # set in a worker process (loadtest.rehearse_worker)
         self.decrypt_every = args.decrypt_every or (8 if getattr(self.media, "simulcast", False) else 1)

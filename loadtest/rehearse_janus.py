@@ -33,7 +33,7 @@ import aiohttp
 from .janus_client import ROOM, JanusError, JanusPublisher, JanusSession, JanusSubscriber, start_janus, stop_janus
 from .linkprofile import SiteSpec
 from .rawpeer import FeedbackTicker, window_loss
-from .sitesim import RawLinkShaper, SiteReceiver, StallWatch, make_media
+from .sitesim import RawLinkShaper, SiteReceiver, StallWatch, choose_talkers, make_media
 
 logger = logging.getLogger("rehearse.janus")
 
@@ -166,9 +166,8 @@ async def rehearse_janus(args: argparse.Namespace, specs: list[SiteSpec], hoingh
     except Exception as exc:  # Janus missing or failing: the hoinghi report still stands
         return {"error": f"Janus did not start: {exc}"}
     print(f"janus: {len(specs)} sites against Janus VideoRoom (pid {pid}, port {port})", flush=True)
-    talkers = getattr(args, "talkers", 0)
-    talker_ids = [s.site_id for s in specs if s.role != "hub"][:talkers]  # the same sites as hoinghi's run
-    media = make_media(args.media, audio=not args.no_audio, talkers=talkers, talker_ids=talker_ids)
+    talker_ids = choose_talkers(specs, getattr(args, "talkers", 0))  # the same sites as hoinghi's run
+    media = make_media(args.media, audio=not args.no_audio, talker_ids=talker_ids)
     slots = {s["site_id"]: (s.get("video_slots") or 9, s.get("audio_slots") or 3) for s in hoinghi.get("sites", [])}
     sites: list[JanusSite] = []
     ticker = FeedbackTicker([], twcc_interval=0.1)

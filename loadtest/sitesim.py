@@ -442,18 +442,16 @@ class PreEncodedMedia:
     simulcast = True
 
     def __init__(self, audio: bool = True, uplink_share: float = 0.75, cache_dir: Optional[str] = None,
-                 fps: int = 20, talkers: int = 0, talker_ids: Optional[list[str]] = None) -> None:
+                 fps: int = 20, talker_ids: Optional[list[str]] = None) -> None:
         from .media_source import SyntheticMedia as Cache  # built by another work item; optional
 
         self.cache = Cache.load(cache_dir, fps=fps)
         self.fps = fps
         self.audio = audio
         self.uplink_share = uplink_share
-        self.talkers = talkers
-        #: which sites talk, chosen once for the whole rehearsal (counting per generator
-        #: process made `--talkers 3` with two processes six talkers)
-        self.talker_ids = set(talker_ids) if talker_ids is not None else None
-        self._talking = 0
+        #: which sites talk besides the hub, chosen once for the whole rehearsal
+        #: (`choose_talkers`; counting per generator process made `--talkers 3` six talkers)
+        self.talker_ids = set(talker_ids or ())
         self.layer_bps = [layer.bitrate(fps) for layer in self.cache.layers]
         self.rids = [layer.rid for layer in self.cache.layers]
         self.allowed: dict[str, list[str]] = {}
@@ -462,15 +460,8 @@ class PreEncodedMedia:
     def peer_kwargs(self, spec: Optional[SiteSpec] = None) -> dict:
         from .media_source import TalkSchedule
 
-        talk = TalkSchedule.silent()
-        if self.talker_ids is not None:
-            talks = spec is not None and (spec.role == "hub" or spec.site_id in self.talker_ids)
-        else:
-            talks = spec is not None and (spec.role == "hub" or self._talking < self.talkers)
-        if talks:
-            talk = TalkSchedule.always()
-            if spec is not None and spec.role != "hub":
-                self._talking += 1
+        talks = spec is not None and (spec.role == "hub" or spec.site_id in self.talker_ids)
+        talk = TalkSchedule.always() if talks else TalkSchedule.silent()
         return {"media": self.cache, "simulcast": True, "publish_audio": self.audio, "talk": talk,
                 "site_id": spec.site_id if spec else None}
 
@@ -518,7 +509,13 @@ class PreEncodedMedia:
     def describe(self) -> dict:
         return {"media": self.name, "simulcast": True, "rids": self.rids,
                 "layer_kbps": [round(b / 1000) for b in self.layer_bps], "fps": self.fps, "audio": self.audio,
-                "uplink_share": self.uplink_share, "talkers": self.talkers}
+                "uplink_share": self.uplink_share, "talkers": sorted(self.talker_ids)}
+
+
+def choose_talkers(specs: list[SiteSpec], n: int) -> list[str]:
+    """The sites that talk all the time besides the hub: the first n after it, whichever
+    generator process runs them (and the same ones in a side-by-side Janus run)."""
+    return [s.site_id for s in specs if s.role != "hub"][:n]
 
 
 def make_media(name: str = "auto", **kw: Any) -> Any:
@@ -532,7 +529,7 @@ def make_media(name: str = "auto", **kw: Any) -> Any:
         except ImportError:
             ok = False
         if ok:
-            return PreEncodedMedia(**{k: v for k, v in kw.items() if k in ("audio", "uplink_share", "cache_dir", "talkers", "talker_ids")})
+            return PreEncodedMedia(**{k: v for k, v in kw.items() if k in ("audio", "uplink_share", "cache_dir", "talker_ids")})
         if name == "preencoded":
             raise RuntimeError("pre-encoded media is not available here (loadtest.media_source): use --media synthetic")
     return SyntheticMedia(**{k: v for k, v in kw.items() if k in ("rate", "fps", "payload", "audio", "uplink_share")})
