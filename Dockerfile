@@ -36,13 +36,20 @@ RUN mkdir -p server media signaling loadtest \
     && pip uninstall -y hoinghi \
     && rm -rf server media signaling loadtest build *.egg-info
 
+COPY setup.py ./
 COPY server ./server
 COPY media ./media
 COPY signaling ./signaling
 COPY loadtest ./loadtest
 COPY web-client ./web-client
 COPY scripts ./scripts
-RUN pip install --no-deps -e .
+# The native per-copy forwarding path (media/_fastpath.c) is compiled here; the compiler is
+# removed again, the built module stays. Without it hoinghi falls back to the Python path.
+RUN apt-get update -qq \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install --no-deps -e . \
+    && python -c 'import media.fastpath as f; assert f.NATIVE, "native forwarding path not built"' \
+    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*
 
 # Unprivileged user; the data volume holds the database and the token signing secret.
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin hoinghi \

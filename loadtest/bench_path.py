@@ -22,6 +22,7 @@ import time
 from pylibsrtp import Policy, Session
 
 from media.consumer import Consumer
+from media.fastpath import NATIVE
 from media.producer import Producer
 from media.rtp import URI_ABS_SEND_TIME, URI_MID, ext_table
 from media.srtp import SrtpContext
@@ -67,6 +68,8 @@ async def run(subscribers: int, packets: int, cc: bool = False) -> dict:
         transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
         t._sendto = transport.sendto
         t._addr = addr
+        if NATIVE:  # as _install_fast_path does once DTLS is up
+            t._bind_direct(transport.get_extra_info("socket"))
         c = Consumer(t, "video", 0, "2", 1000 + i, 96, 90000, 2000 + i, 97, abs_send_time_id=3, nack=True,
                      transport_cc_id=5 if cc else 0)
         if cc:  # as in production: transport-wide seq + send history, a pacer that never has to wait
@@ -110,6 +113,7 @@ def main() -> None:
         import uvloop
 
         uvloop.install()
+    print(f"per-copy path: {'native (media/_fastpath.c)' if NATIVE else 'Python (HOINGHI_NATIVE=0 or not built)'}")
     for n in (int(x) for x in args.subscribers.split(",")):
         r = asyncio.run(run(n, args.packets, args.cc))
         print(

@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING, Optional
 
 from . import rtcp
+from .fastpath import NATIVE, ConsumerCore
 from .rtp import RtpInfo
 
 if TYPE_CHECKING:
@@ -35,7 +36,10 @@ SWITCH_GUARD = 300  # after a switch, drop stragglers older than the switch poin
 _pack_seq_ts = struct.Struct("!HI").pack_into
 
 
-class Consumer:
+class Consumer(ConsumerCore):
+    """One receive slot. The per-copy path is `write`: native (ConsumerCore, media/_fastpath.c)
+    when built, else `_write_py`; both read and write the same attributes."""
+
     def __init__(
         self,
         transport: "WebRtcTransport",
@@ -297,7 +301,7 @@ class Consumer:
 
     # ---------------------------------------------------------------- packet path
 
-    def write(self, info: RtpInfo, stream: "RecvStream", now: float) -> None:
+    def _write_py(self, info: RtpInfo, stream: "RecvStream", now: float) -> None:
         if stream is not self.source:
             if stream is not self.target or not (info.keyframe or not self.is_video):
                 return
@@ -368,6 +372,9 @@ class Consumer:
         self.packets += 1
         self.octets += len(out) - self.header_len
         self.transport.send_rtp(out, self.tcc_off)
+
+    if not NATIVE:
+        write = _write_py
 
     def _temporal(self, info: RtpInfo) -> bool:
         """Slow path of the temporal filter (a packet above the gate, or a change pending):

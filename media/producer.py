@@ -16,6 +16,7 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING, Optional
 
 from . import rtcp, vp8
+from .fastpath import fanout
 from .rtp import WIRE_OVERHEAD, RtpInfo, parse_rtp
 from .timing import FORWARD_DELAY, LATENCY_BOUNDS_S
 
@@ -181,8 +182,7 @@ class RecvStream:
         info.payload = memoryview(info.data)[info.payload_offset :]
         sinks = self.sinks
         if sinks:
-            for sink in sinks:
-                sink.write(info, self, now)
+            fanout(info, sinks, self, now)
             if info.arrival:
                 FORWARD_DELAY[bisect_left(LATENCY_BOUNDS_S, time.monotonic() - info.arrival)] += 1
 

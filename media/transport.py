@@ -31,6 +31,7 @@ from . import network, rtcp
 from .allocator import StreamAllocator
 from .consumer import Consumer
 from .estimator import BandwidthEstimator
+from .fastpath import NATIVE, SendCore, srtp_addresses
 from .producer import Producer, RecvStream
 from .rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_TRANSPORT_CC, WIRE_OVERHEAD, RtpInfo, ext_table, parse_rtp
 from .sdp import (
@@ -46,7 +47,7 @@ from .sdp import (
 )
 from .srtp import SrtpContext, SrtpError
 from .timing import LATENCY_BOUNDS_S, KernelArrival
-from .twcc import SendHistory, parse_arrivals
+from .twcc import HISTORY_SIZE, SendHistory, parse_arrivals
 
 if TYPE_CHECKING:
     from .router import Router
@@ -116,7 +117,10 @@ def hook_srtp_datagrams(dtls, on_srtp: Callable[[bytes], None], rcvbuf: int = 0)
     return pair
 
 
-class WebRtcTransport:
+class WebRtcTransport(SendCore):
+    """One site's peer connection. The send path (`send_rtp`, `_send_now`) is native
+    (SendCore, media/_fastpath.c) when built, else `_send_rtp_py`/`_send_now_py`."""
+
     def __init__(self, router: "Router", participant_id: str, settings: MediaSettings) -> None:
         self.router = router
         self.participant_id = participant_id
@@ -162,6 +166,7 @@ class WebRtcTransport:
         self._pace_time = now
         self._pace_queue: deque = deque()
         self._pace_queued_bytes = 0
+        self._wire_overhead = WIRE_OVERHEAD
         self.pace_dropped = 0  # ssrcs -> (value, congested, time, octets, send bps)
         # how long sent packets waited in the pacer: counts per LATENCY_BOUNDS_S bucket (the
         # last one: longer), for packets that queued at all; the rest went out at once. What
@@ -326,6 +331,8 @@ class WebRtcTransport:
             self._install_fast_path(dtls)
         elif dtls.state in ("closed", "failed"):
             self._sendto = None
+            if NATIVE:
+                self._direct_unbind()
 
     def _install_fast_path(self, dtls) -> None:
         self._rx = SrtpContext(dtls._rx_srtp)
@@ -340,10 +347,23 @@ class WebRtcTransport:
         self._kernel_arrival = KernelArrival(protocol.transport.get_extra_info("socket"))
         self._sendto = protocol.transport.sendto
         self._addr = pair.remote_addr
+        if NATIVE:
+            self._bind_direct(protocol.transport.get_extra_info("socket"))
         self.connected.set()
         if self._rtcp_task is None:
             self._rtcp_task = asyncio.ensure_future(self._rtcp_loop())
         self.router.transport_connected(self)
+
+    def _bind_direct(self, sock) -> None:
+        """Let the native path send on (a dup of) the nominated pair's socket itself."""
+        if sock is None or self._tx is None or self._addr is None:
+            return
+        ctx, fn = srtp_addresses(self._tx._session)
+        try:
+            self._direct_bind(sock.fileno(), self._addr[0], self._addr[1], ctx, fn, self._tx,
+                              self.twcc_history, HISTORY_SIZE)
+        except (OSError, ValueError) as exc:  # e.g. a name, not an address: Python sends
+            logger.warning("transport %s: native send path not used: %s", self.participant_id, exc)
 
     def _pc_state(self) -> None:
         state = self.pc.connectionState
@@ -576,7 +596,10 @@ class WebRtcTransport:
         self._pace_rate = estimate_bps * factor / 8.0  # bytes per second
         self._pace_burst = max(3000.0, self._pace_rate * self.PACE_BURST_S)
 
-    def send_rtp(self, packet: bytearray, tcc_off: int = 0) -> None:
+    def _pace_schedule(self, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, self._pace_drain)
+
+    def _send_rtp_py(self, packet: bytearray, tcc_off: int = 0) -> None:
         rate = self._pace_rate
         if not rate:
             self._send_now(packet, tcc_off)
@@ -603,7 +626,7 @@ class WebRtcTransport:
         self._pace_tokens = tokens
         queue.append((packet, tcc_off, now))
         self._pace_queued_bytes += n
-        asyncio.get_running_loop().call_later((w - tokens) / rate, self._pace_drain)
+        self._pace_schedule((w - tokens) / rate)
 
     def pace_queued_bytes(self) -> int:
         return self._pace_queued_bytes
@@ -654,7 +677,7 @@ class WebRtcTransport:
         if queue:
             asyncio.get_running_loop().call_later((len(queue[0][0]) + WIRE_OVERHEAD - tokens) / rate, self._pace_drain)
 
-    def _send_now(self, packet: bytearray, tcc_off: int, now: float = 0.0) -> None:
+    def _send_now_py(self, packet: bytearray, tcc_off: int, now: float = 0.0) -> None:
         sendto = self._sendto
         if sendto is None:
             return
@@ -670,6 +693,10 @@ class WebRtcTransport:
         sendto(data, self._addr)
         self.packets_out += 1
         self.bytes_out += len(data)
+
+    if not NATIVE:
+        send_rtp = _send_rtp_py
+        _send_now = _send_now_py
 
     def send_rate(self, now: float) -> float:
         """Bits per second sent over roughly the last half second."""
@@ -825,6 +852,8 @@ class WebRtcTransport:
             return
         self.closed = True
         self._sendto = None
+        if NATIVE:
+            self._direct_unbind()
         if self._rtcp_task is not None:
             self._rtcp_task.cancel()
         for producer in self.producers.values():

@@ -17,6 +17,7 @@ from typing import Optional
 
 _SIZE = 1 << 14  # remembered packets per transport (~2 s at 8k packets/s)
 _MASK = _SIZE - 1
+HISTORY_SIZE = _SIZE  # the native send path writes these arrays too (media/_fastpath.c)
 
 
 class SendHistory:

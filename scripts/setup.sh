@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Prepare a working checkout: virtualenv, hoinghi installed editable with test extras,
+# Prepare a working checkout: virtualenv, hoinghi installed editable with test extras (and
+# its native forwarding path compiled, when gcc and the Python headers are present),
 # Debian's Chromium for the browser tests and coturn for the TURN test. Safe to run repeatedly: pip is skipped
 # when pyproject.toml has not changed since the last successful install.
 set -euo pipefail
@@ -14,7 +15,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 stamp="$VENV/.hoinghi-setup-stamp"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+# the native forwarding path (media/_fastpath.c) is compiled by this install: a change to it
+# or to its build hook reinstalls too
+want="$(cat pyproject.toml setup.py media/_fastpath.c | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x "$VENV/bin/hoinghi" ]; then
     echo "setup: installing hoinghi and test dependencies into $VENV"
     "$VENV/bin/python" -m pip install --quiet -e '.[test]'
