@@ -43,7 +43,7 @@ typedef int (*srtp_protect_fn)(void *ctx, void *rtp, int *len);
 #define SRTP_BUF 2048
 #define SRTP_TRAILER 144 /* SRTP_MAX_TRAILER_LEN */
 
-static PyObject *s_switch, *s_temporal, *s_late_offsets, *s_send_rtp, *s_send_now_py, *s_write, *s_append,
+static PyObject *s_popleft, *s_switch, *s_temporal, *s_late_offsets, *s_send_rtp, *s_send_now_py, *s_write, *s_append,
     *s_pace_schedule, *s_max_queue, *s_seq;
 static PyObject *s_data, *s_seqf, *s_ts, *s_marker, *s_padding, *s_abs24, *s_audio_level, *s_vp8_pid_off,
     *s_vp8_pid_wide, *s_vp8_tl0_off, *s_payload_offset, *s_vp8_tid, *s_keyframe;
@@ -68,6 +68,8 @@ typedef struct {
     long long packets_out;
     long long bytes_out;
     long long send_errors;
+    double pace_wait_s;   /* total time sent packets waited in the pacer queue */
+    PyObject *pace_waited; /* list: counts of those waits per LATENCY_BOUNDS_S bucket */
     /* direct sending, after _direct_bind */
     int fd;
     int wire_overhead; /* bytes on the wire beyond the SRTP payload (tag + UDP/IP) */
@@ -117,6 +119,7 @@ static PyObject *sc_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 
 static int sc_traverse(SendCore *t, visitproc visit, void *arg) {
     Py_VISIT(t->pace_queue);
+    Py_VISIT(t->pace_waited);
     Py_VISIT(t->srtp_keep);
     Py_VISIT(t->history);
     return 0;
@@ -124,6 +127,7 @@ static int sc_traverse(SendCore *t, visitproc visit, void *arg) {
 
 static int sc_clear(SendCore *t) {
     Py_CLEAR(t->pace_queue);
+    Py_CLEAR(t->pace_waited);
     sc_unbind(t);
     return 0;
 }
@@ -333,6 +337,135 @@ static int sc_send_rtp_impl(SendCore *t, PyObject *packet, long tcc_off) {
     return 0;
 }
 
+#define MAX_BOUNDS 32
+static double latency_bounds[MAX_BOUNDS];
+static Py_ssize_t n_latency_bounds = 0;
+
+static PyObject *fp_set_latency_bounds(PyObject *mod, PyObject *seq) {
+    PyObject *fast = PySequence_Fast(seq, "bounds must be a sequence");
+    if (fast == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n > MAX_BOUNDS) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "too many latency bounds");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double v = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
+        if (v == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return NULL;
+        }
+        latency_bounds[i] = v;
+    }
+    n_latency_bounds = n;
+    Py_DECREF(fast);
+    Py_RETURN_NONE;
+}
+
+/* Count a wait in pace_waited, bisect_left over the bounds (the last bucket: longer). */
+static void count_wait(SendCore *t, double wait) {
+    t->pace_wait_s += wait;
+    if (t->pace_waited == NULL || !PyList_Check(t->pace_waited)) return;
+    Py_ssize_t b = 0;
+    while (b < n_latency_bounds && latency_bounds[b] < wait) b++;
+    if (b >= PyList_GET_SIZE(t->pace_waited)) return;
+    PyObject *old = PyList_GET_ITEM(t->pace_waited, b);
+    long long v = PyLong_AsLongLong(old);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return;
+    }
+    PyObject *nv = PyLong_FromLongLong(v + 1);
+    if (nv == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    PyList_SetItem(t->pace_waited, b, nv);
+}
+
+/* The pacer's timer: send what the tokens allow from the head of the queue, then wait for
+ * the next packet's tokens. The Python twin is WebRtcTransport._pace_drain_py. */
+static PyObject *sc_pace_drain(SendCore *t, PyObject *unused) {
+    PyObject *queue = t->pace_queue;
+    if (queue == NULL) Py_RETURN_NONE;
+    Py_INCREF(queue);
+    Py_ssize_t qlen = PyObject_Size(queue);
+    PyObject *item = NULL, *r = NULL;
+    if (qlen <= 0) goto done;
+    double rate = t->pace_rate;
+    double now = mono_now();
+    double tokens = 0.0;
+    if (rate != 0.0) {
+        tokens = t->pace_tokens + (now - t->pace_time) * rate;
+        if (tokens > t->pace_burst) tokens = t->pace_burst;
+        t->pace_time = now;
+    }
+    while (qlen > 0) {
+        PyObject *head = PySequence_GetItem(queue, 0);
+        if (head == NULL) goto fail;
+        PyObject *packet, *offobj, *qobj;
+        if (!PyTuple_Check(head) || PyTuple_GET_SIZE(head) != 3) {
+            Py_DECREF(head);
+            PyErr_SetString(PyExc_TypeError, "pacer queue item must be (packet, tcc_off, queued_at)");
+            goto fail;
+        }
+        packet = PyTuple_GET_ITEM(head, 0);
+        offobj = PyTuple_GET_ITEM(head, 1);
+        qobj = PyTuple_GET_ITEM(head, 2);
+        Py_ssize_t n = PyObject_Size(packet);
+        double w = (double)(n + t->wire_overhead);
+        if (rate != 0.0 && tokens < w) {
+            Py_DECREF(head);
+            break;
+        }
+        Py_DECREF(head);
+        item = PyObject_CallMethodNoArgs(queue, s_popleft);
+        if (item == NULL) goto fail;
+        packet = PyTuple_GET_ITEM(item, 0);
+        long off = PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
+        double queued = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 2));
+        (void)offobj;
+        (void)qobj;
+        if (PyErr_Occurred()) goto fail;
+        t->pace_queued_bytes -= n;
+        if (rate != 0.0) {
+            tokens -= w;
+            if (sc_send_now_impl(t, packet, off, now) < 0) goto fail;
+            count_wait(t, now - queued);
+        } else if (sc_send_now_impl(t, packet, off, 0.0) < 0) {
+            goto fail;
+        }
+        Py_CLEAR(item);
+        qlen--;
+    }
+    if (rate == 0.0) {
+        t->pace_queued_bytes = 0;
+        goto done;
+    }
+    t->pace_tokens = tokens;
+    if (qlen > 0) {
+        PyObject *head = PySequence_GetItem(queue, 0);
+        if (head == NULL) goto fail;
+        Py_ssize_t n = PyTuple_Check(head) && PyTuple_GET_SIZE(head) == 3 ? PyObject_Size(PyTuple_GET_ITEM(head, 0)) : 0;
+        Py_DECREF(head);
+        if (n < 0) goto fail;
+        PyObject *delay = PyFloat_FromDouble(((double)(n + t->wire_overhead) - tokens) / rate);
+        if (delay == NULL) goto fail;
+        r = PyObject_CallMethodOneArg((PyObject *)t, s_pace_schedule, delay);
+        Py_DECREF(delay);
+        if (r == NULL) goto fail;
+        Py_DECREF(r);
+    }
+done:
+    Py_DECREF(queue);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(item);
+    Py_DECREF(queue);
+    return NULL;
+}
+
 static PyObject *sc_send_rtp(SendCore *t, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 1 || nargs > 2) {
         PyErr_SetString(PyExc_TypeError, "send_rtp(packet, tcc_off=0)");
@@ -370,6 +503,7 @@ static PyMethodDef sc_methods[] = {
     {"_direct_unbind", (PyCFunction)sc_direct_unbind, METH_NOARGS, "Stop sending directly; close the dup."},
     {"send_rtp", (PyCFunction)(void (*)(void))sc_send_rtp, METH_FASTCALL, "Pace and send one RTP packet."},
     {"_send_now", (PyCFunction)(void (*)(void))sc_send_now, METH_FASTCALL, "Stamp, protect and send one RTP packet."},
+    {"_pace_drain", (PyCFunction)sc_pace_drain, METH_NOARGS, "Send what the pacer's tokens allow from its queue."},
     {NULL},
 };
 
@@ -385,6 +519,8 @@ static PyMemberDef sc_members[] = {
     {"bytes_out", T_LONGLONG, offsetof(SendCore, bytes_out), 0, NULL},
     {"send_errors", T_LONGLONG, offsetof(SendCore, send_errors), 0, NULL},
     {"_wire_overhead", T_INT, offsetof(SendCore, wire_overhead), 0, NULL},
+    {"pace_wait_s", T_DOUBLE, offsetof(SendCore, pace_wait_s), 0, NULL},
+    {"pace_waited", T_OBJECT, offsetof(SendCore, pace_waited), 0, NULL},
     {NULL},
 };
 
@@ -800,6 +936,7 @@ static PyObject *fp_fanout(PyObject *mod, PyObject *const *args, Py_ssize_t narg
 
 static PyMethodDef fp_methods[] = {
     {"fanout", (PyCFunction)(void (*)(void))fp_fanout, METH_FASTCALL, "Write one received packet to every sink."},
+    {"set_latency_bounds", (PyCFunction)fp_set_latency_bounds, METH_O, "The pacer wait histogram's bucket bounds (s)."},
     {NULL},
 };
 
@@ -815,6 +952,7 @@ static struct PyModuleDef fp_module = {
     } while (0)
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
+    INTERN(s_popleft, "popleft");
     INTERN(s_switch, "_switch");
     INTERN(s_temporal, "_temporal");
     INTERN(s_late_offsets, "_late_offsets");

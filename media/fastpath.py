@@ -21,8 +21,10 @@ logger = logging.getLogger(__name__)
 NATIVE = False
 if os.environ.get("HOINGHI_NATIVE", "1") != "0":
     try:
-        from ._fastpath import ConsumerCore, SendCore, fanout  # type: ignore[attr-defined]
+        from ._fastpath import ConsumerCore, SendCore, fanout, set_latency_bounds  # type: ignore[attr-defined]
+        from .timing import LATENCY_BOUNDS_S
 
+        set_latency_bounds(LATENCY_BOUNDS_S)
         NATIVE = True
     except ImportError:  # not built (no compiler at install time)
         logger.info("native forwarding path not built; using the Python path")

@@ -167,6 +167,7 @@ class WebRtcTransport(SendCore):
         self._pace_queue: deque = deque()
         self._pace_queued_bytes = 0
         self._wire_overhead = WIRE_OVERHEAD
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
         self.pace_dropped = 0  # ssrcs -> (value, congested, time, octets, send bps)
         # how long sent packets waited in the pacer: counts per LATENCY_BOUNDS_S bucket (the
         # last one: longer), for packets that queued at all; the rest went out at once. What
@@ -597,7 +598,12 @@ class WebRtcTransport(SendCore):
         self._pace_burst = max(3000.0, self._pace_rate * self.PACE_BURST_S)
 
     def _pace_schedule(self, delay: float) -> None:
-        asyncio.get_running_loop().call_later(delay, self._pace_drain)
+        # the loop is looked up once: asyncio.get_running_loop() makes a getpid() syscall
+        # on every call, and the pacer schedules itself hundreds of times a second
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        loop.call_later(delay, self._pace_drain)
 
     def _send_rtp_py(self, packet: bytearray, tcc_off: int = 0) -> None:
         rate = self._pace_rate
@@ -651,7 +657,7 @@ class WebRtcTransport(SendCore):
             self._pace_queue = kept
         return taken
 
-    def _pace_drain(self) -> None:
+    def _pace_drain_py(self) -> None:
         queue = self._pace_queue
         rate = self._pace_rate
         if not queue:
@@ -675,7 +681,7 @@ class WebRtcTransport(SendCore):
             self.pace_waited[bisect_left(LATENCY_BOUNDS_S, wait)] += 1
         self._pace_tokens = tokens
         if queue:
-            asyncio.get_running_loop().call_later((len(queue[0][0]) + WIRE_OVERHEAD - tokens) / rate, self._pace_drain)
+            self._pace_schedule((len(queue[0][0]) + WIRE_OVERHEAD - tokens) / rate)
 
     def _send_now_py(self, packet: bytearray, tcc_off: int, now: float = 0.0) -> None:
         sendto = self._sendto
@@ -697,6 +703,7 @@ class WebRtcTransport(SendCore):
     if not NATIVE:
         send_rtp = _send_rtp_py
         _send_now = _send_now_py
+        _pace_drain = _pace_drain_py
 
     def send_rate(self, now: float) -> float:
         """Bits per second sent over roughly the last half second."""

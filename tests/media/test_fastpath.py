@@ -45,6 +45,7 @@ class PyConsumer(Consumer):
 class PyTransport(WebRtcTransport):
     send_rtp = WebRtcTransport._send_rtp_py
     _send_now = WebRtcTransport._send_now_py
+    _pace_drain = WebRtcTransport._pace_drain_py
 
 
 def _vp8(seq: int, ts: int, ssrc: int, pid: int, tl0: int, tid: int, y: bool, start: bool, key: bool,
