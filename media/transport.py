@@ -598,17 +598,19 @@ class WebRtcTransport(SendCore):
         self._pace_burst = max(3000.0, self._pace_rate * self.PACE_BURST_S)
 
     def _pace_schedule(self, delay: float) -> None:
-        """Drain the queue when the head packet's tokens are there, but not sooner than
-        PACE_BURST_S: at a few Mbit/s a packet's tokens take under a millisecond, and a timer
-        per packet cost more than the sending (a timer a tick, one burst a tick, is what
-        libwebrtc's pacer does too). The bucket holds at least PACE_BURST_S of the rate, so no
-        more leaves at once than the burst already allowed."""
+        """Drain the queue when the head packet's tokens are there, but not sooner than half
+        of PACE_BURST_S: at a few Mbit/s a packet's tokens take under a millisecond, and a
+        timer per packet cost more than the sending (a timer a tick, a burst a tick, is what
+        libwebrtc's pacer does too). The bucket holds PACE_BURST_S of the rate or more, so
+        nothing leaves in bigger bursts than before, and a tick that fires late by up to
+        half of it still finds all its tokens (tokens beyond the bucket are lost: a tick of
+        the whole PACE_BURST_S, late on a busy loop, would pace below the rate)."""
         # the loop is looked up once: asyncio.get_running_loop() makes a getpid() syscall
         # on every call, and the pacer schedules itself hundreds of times a second
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        loop.call_later(max(delay, self.PACE_BURST_S), self._pace_drain)
+        loop.call_later(max(delay, self.PACE_BURST_S / 2), self._pace_drain)
 
     def _send_rtp_py(self, packet: bytearray, tcc_off: int = 0) -> None:
         rate = self._pace_rate
