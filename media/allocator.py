@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .transport import WebRtcTransport
 
 NOMINAL_BPS = (150_000, 500_000, 1_500_000)  # per layer, until measured
+LAYER_STEP_RATIO = 2.5  # a paused simulcast layer costs at least this x the flowing one below (Chrome: ~3 x a step)
 AUDIO_MIN_BPS = 32_000  # per audio slot in use, until measured
 UPGRADE_MARGIN = 1.1
 PEAK_MARGIN = 1.03  # on top of a layer's measured peak (the pacer and the link's queue take the rest)
@@ -71,16 +72,30 @@ Step = tuple[int, int]  # (spatial layer, highest temporal id); (-1, -1): paused
 PAUSED: Step = (-1, -1)
 
 
+def _flowing(stream: "RecvStream", now: float) -> bool:
+    return stream.ssrc is not None and stream.bitrate_peak > 0 and now - stream.last_packet < 1.0
+
+
 def layer_rate(stream: "RecvStream", layer: int) -> float:
     """What forwarding this layer costs on the wire: its recent peak rate (0.5 s windows,
     decaying: it already holds the keyframes); while it is not flowing (paused at the
-    publisher because nobody took it) the peak it had when it last flowed, else a nominal rate."""
+    publisher because nobody took it) the peak it had when it last flowed, else a nominal
+    rate, and never less than LAYER_STEP_RATIO x the peak of the layer below it if that one
+    flows. The peak it last had can be far too low: a browser that sent a layer only for the
+    few seconds its encoder was ramping up leaves a 360p layer "known" at 250 kbit/s, and a
+    receiver capped at 400 kbit/s was switched to it and back (tests/browser/test_simulcast.py
+    saw a 640x360 frame there in about one run in four)."""
     nominal = NOMINAL_BPS[min(layer, len(NOMINAL_BPS) - 1)]
-    if stream.ssrc is not None and stream.bitrate_peak > 0 and time.monotonic() - stream.last_packet < 1.0:
+    now = time.monotonic()
+    if _flowing(stream, now):
         return max(stream.bitrate_peak * PEAK_MARGIN, nominal * 0.25)
-    if stream.bitrate_known > 0:
-        return max(stream.bitrate_known * PEAK_MARGIN, nominal * 0.5)
-    return nominal
+    rate = max(stream.bitrate_known * PEAK_MARGIN, nominal * 0.5) if stream.bitrate_known > 0 else nominal
+    streams = stream.producer.streams
+    if 0 < layer <= len(streams) - 1 and streams[layer] is stream:
+        below = streams[layer - 1]
+        if _flowing(below, now):
+            rate = max(rate, below.bitrate_peak * PEAK_MARGIN * LAYER_STEP_RATIO)
+    return rate
 
 
 def step_rate(stream: "RecvStream", step: Step) -> float:

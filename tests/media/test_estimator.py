@@ -93,8 +93,28 @@ def test_paused_layer_is_priced_at_its_last_peak_not_a_nominal_rate() -> None:
     h.update_rate(t + 0.6)  # a window while it flowed: remembered
     assert h.bitrate_known > 0
     h.last_packet = time.monotonic() - 5.0  # then paused at the publisher
+    q = p.streams[0]
+    q.last_packet = time.monotonic() - 5.0  # (nothing below it flows either)
     assert layer_rate(h, 1) == max(h.bitrate_known * 1.03, 500_000 * 0.5)
     assert layer_rate(h, 1) != 500_000
+
+
+def test_a_paused_layer_costs_at_least_a_step_above_the_layer_below() -> None:
+    """A browser that sent 360p only while its encoder ramped up leaves it "known" at a
+    fraction of its rate: with 180p flowing at 250 kbit/s, 360p is priced at no less than
+    2.5 x that, so a receiver capped at 400 kbit/s is not switched up to it and back."""
+    p = _publisher("hub", [250_000, 260_000, 1_700_000])
+    q, h = p.streams[0], p.streams[1]
+    t = time.monotonic()
+    h.last_packet = t + 0.55
+    h.update_rate(t + 0.6)
+    h.last_packet = time.monotonic() - 5.0  # paused at the publisher, remembered low
+    assert h.bitrate_known * 1.03 < 300_000
+    assert layer_rate(h, 1) >= 2.5 * q.bitrate_peak * 1.03
+    rx = _Transport()
+    stage = _slot(rx, 0, p)
+    alloc = StreamAllocator(rx)  # type: ignore[arg-type]
+    assert alloc._plan(373_000 / 1.1, rx.consumers["video"])[stage][0] == 0  # stays on 180p
 
 
 def test_a_meeting_is_priced_at_its_averages_plus_its_largest_burst() -> None:
