@@ -66,6 +66,8 @@ CAPACITY_SLOWED = 0.97  # a complete probe received below this share of its send
 THUMBNAIL_MAX_LAYER = 0
 STAGE_PREFERRED_LAYER = 1  # the stage gets up to this layer before thumbnails are admitted
 BACKLOG_THIN_S = 0.3  # a spatial downgrade thins the old layer only behind less pacer backlog
+PACER_CONGESTED_S = 0.5  # a pacer backlog this long (or a packet it dropped) is congestion too
+PACER_RELIEF = 0.85  # ... and the slots are planned for this share of the pacer's rate
 ALL_TIDS = 3  # "every temporal layer" (VP8 TIDs are 2 bits)
 ALL_LAYERS = 99  # "no spatial bound" for _climb
 Step = tuple[int, int]  # (spatial layer, highest temporal id); (-1, -1): paused
@@ -205,6 +207,8 @@ class StreamAllocator:
         self.ideal_bps = 0.0
         self.quick_until = 0.0  # until then an upgrade needs only QUICK_UPGRADE_HOLD_S
         self._backlog_s = 0.0
+        self._pace_dropped_seen = 0
+        self.pacer_congested = False
         self.audio_bps = 0.0
         # Cap set by the hub's EgressBudget (media/budget.py) while the server's own uplink
         # is short: slot -> highest layer allowed (-1: paused); None: no cap.
@@ -285,13 +289,31 @@ class StreamAllocator:
         self.audio_bps = audio
         estimate = t.estimator.estimate
         budget = max(0.0, estimate - audio)
+        # the pacer's own congestion: what the slots send does not fit the rate the pacer
+        # may use (bounded by a measured capacity, it keeps the link itself under its limit,
+        # so neither delay nor loss ever shows it: the queue sat at its 1 s cap and dropped
+        # 5,000 packets at 2 Mbit/s, 17 freezes). A backlog over PACER_CONGESTED_S, or a
+        # packet the pacer dropped since the last run, plans at once for a share of what
+        # the pacer delivers, so its queue drains; it counts as loss (what the pacer drops
+        # never reaches the site), so a slot may be paused for it.
+        rate_bps = t._pace_rate * 8
+        backlog_s = t.pace_queued_bytes() * 8 / rate_bps if rate_bps else 0.0
+        dropped = t.pace_dropped - self._pace_dropped_seen
+        self._pace_dropped_seen = t.pace_dropped
+        self.pacer_congested = bool(rate_bps) and (backlog_s > PACER_CONGESTED_S or dropped > 0)
+        if self.pacer_congested:
+            budget = min(budget, max(0.0, PACER_RELIEF * rate_bps - audio))
         # a site that sends no feedback at all cannot be adapted to: never pause it
         # and before the link has shown any limit, the start estimate is a guess: it may keep
         # a stream on its lowest layer but never pause it
         # and a playing slot is paused only when loss shows its lowest layer really does not
         # fit: a delay-based dip alone (a busy host, a jittery path) must not blank a picture
         unproven = t.estimator.mode == "none" or not t.estimator.verified
-        lossy = t.estimator.loss > LOSS_HIGH or (t.estimator.mode == "remb" and t.estimator.remb_bps is not None)
+        lossy = (
+            t.estimator.loss > LOSS_HIGH
+            or (t.estimator.mode == "remb" and t.estimator.remb_bps is not None)
+            or self.pacer_congested
+        )
         limits = self.limits
         down = self._plan(budget, consumers, keep=0.0 if unproven or not lossy else 0.8, limits=limits)
         up = self._plan(budget / UPGRADE_MARGIN, consumers, limits=limits)
@@ -348,6 +370,7 @@ class StreamAllocator:
         # 720p behind 2 Mbit/s then built a pacer queue that dropped 670 packets, 5 freezes)
         urgent = (
             est.loss >= LOSS_LOW
+            or self.pacer_congested
             or estimate < 0.75 * (self.allocated_bps + audio)
             or now - self.short_since >= DOWNGRADE_GRACE_S
         )

@@ -35,9 +35,14 @@ def test_saturated_probe_sets_the_estimate_up_or_down() -> None:
 
 class _Transport:
     participant_id = "rx"
+    rtcp_ssrc = 1
 
     def __init__(self) -> None:
         self.consumers: dict[str, list[Consumer]] = {"video": [], "audio": []}
+        self.rtcp_sent: list[bytes] = []  # keyframe requests to this publisher
+
+    def send_rtcp(self, packet: bytes) -> None:
+        self.rtcp_sent.append(packet)
 
 
 def _publisher(name: str, rates: list[float], temporal_layers: int = 3) -> Producer:
@@ -177,3 +182,47 @@ def test_a_probe_the_link_slowed_bounds_the_estimate_and_the_pacer() -> None:
     est.on_feedback([(now + 3 + CAPACITY_TTL_S + k * 0.01, 1200, now + 3 + CAPACITY_TTL_S + k * 0.01) for k in range(5)],
                     now + 4 + CAPACITY_TTL_S)
     assert est.capacity_bps == 0
+
+
+async def test_a_pacer_that_cannot_keep_up_is_congestion() -> None:
+    """The pacer bounded by a measured capacity keeps the link under its limit, so neither
+    delay nor loss shows an allocation that is a little too big: the pacer's own queue does.
+    Over PACER_CONGESTED_S of backlog (or a packet it had to drop) the slots are planned at
+    once for a share of the pacer's rate, so the queue drains (at 2 Mbit/s it sat at its 1 s
+    cap and dropped thousands of packets, 17 freezes in 30 s)."""
+    from media.allocator import PACER_CONGESTED_S, PACER_RELIEF
+    from media.transport import MediaSettings, WebRtcTransport
+
+    class _Router:
+        def transport_connected(self, t) -> None: ...
+
+    t = WebRtcTransport(_Router(), "rx", MediaSettings())  # type: ignore[arg-type]
+    t.estimator.mode = "twcc"
+    now = time.monotonic()
+    t.estimator.on_probe(ProbeResult(2_000_000, 60, 60), now, reached=True, capacity=2_000_000)
+    stage = _slot(t, 0, _publisher("hub", [250_000, 700_000, 1_700_000]))  # type: ignore[arg-type]
+    thumbs = [_slot(t, i, _publisher(f"t{i}", [250_000], temporal_layers=1)) for i in (1, 2, 3, 4)]  # type: ignore[arg-type]
+    for c in (stage, *thumbs):
+        p, c.assigned = c.assigned, None
+        c.assign(p)  # as the Router does: fresh, the allocator picks its layer at the next run
+    alloc = t.allocator
+    alloc.run(now)
+    before = alloc._cost({c: alloc.current(c) for c in [stage, *thumbs]})
+    assert not alloc.pacer_congested and before > 0.8 * 1_900_000
+    # the queue holds more than PACER_CONGESTED_S at the pacer's rate
+    rate = t._pace_rate
+    t._pace_queue.append((bytearray(1000), 0, now))
+    t._pace_queued_bytes = int((PACER_CONGESTED_S + 0.2) * rate)
+    alloc.run(now + 0.6)
+    assert alloc.pacer_congested
+    after = alloc._cost({c: alloc.current(c) for c in [stage, *thumbs]})
+    assert after <= PACER_RELIEF * rate * 8 < before
+    # drained, and nothing dropped since: not congested any more
+    t._pace_queue.clear()
+    t._pace_queued_bytes = 0
+    alloc.run(now + 1.2)
+    assert not alloc.pacer_congested
+    # a packet dropped by the pacer since the last run is congestion too
+    t.pace_dropped += 1
+    alloc.run(now + 1.8)
+    assert alloc.pacer_congested
