@@ -234,7 +234,7 @@ static int sc_send_now_impl(SendCore *t, PyObject *packet, long tcc_off, double 
     unsigned char *pkt = (unsigned char *)PyByteArray_AS_STRING(packet);
     Py_ssize_t n = PyByteArray_GET_SIZE(packet);
     if (tcc_off) {
-        if (tcc_off + 1 >= n) {
+        if (tcc_off < 0 || tcc_off + 1 >= n) {
             PyErr_SetString(PyExc_IndexError, "transport-cc offset outside the packet");
             return -1;
         }
@@ -604,6 +604,21 @@ static int get_ll(PyObject *o, PyObject *name, long long *out) {
     return 0;
 }
 
+/* an attribute that a packet not yet through RecvStream.on_rtp may lack (abs24): 0 then */
+static int get_ll_or_zero(PyObject *o, PyObject *name, long long *out) {
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (v == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
+        PyErr_Clear();
+        *out = 0;
+        return 0;
+    }
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    if (*out == -1 && PyErr_Occurred()) return -1;
+    return 0;
+}
+
 static int get_truth(PyObject *o, PyObject *name, int *out) {
     PyObject *v = PyObject_GetAttr(o, name);
     if (v == NULL) return -1;
@@ -623,7 +638,7 @@ static int pkt_read(Pkt *p, PyObject *info) {
     memset(p, 0, sizeof(*p));
     p->info = info;
     if (get_ll(info, s_seqf, &p->seq) || get_ll(info, s_ts, &p->ts) || get_ll(info, s_marker, &p->marker) ||
-        get_ll(info, s_padding, &p->padding) || get_ll(info, s_abs24, &p->abs24) ||
+        get_ll(info, s_padding, &p->padding) || get_ll_or_zero(info, s_abs24, &p->abs24) ||
         get_ll(info, s_audio_level, &p->audio_level) || get_ll(info, s_vp8_pid_off, &p->pid_off) ||
         get_ll(info, s_vp8_tl0_off, &p->tl0_off) || get_ll(info, s_payload_offset, &p->payload_offset) ||
         get_ll(info, s_vp8_tid, &p->tid) || get_truth(info, s_vp8_pid_wide, &p->pid_wide) ||

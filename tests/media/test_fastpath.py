@@ -240,3 +240,45 @@ def _drain_raw(sink: socket.socket) -> list[bytes]:
             out.append(sink.recv(4096))
         except BlockingIOError:
             return out
+
+
+def test_offsets_outside_the_packet_raise_and_never_write_out_of_bounds():
+    """The parser never produces them, but the native rewrite must not trust that: every
+    offset it writes through is checked, and a bad one is an exception (logged and counted
+    by the transport), as an IndexError is in Python."""
+    from media.rtp import RtpInfo
+
+    class _Sent:
+        def __init__(self) -> None:
+            self.packets: list[bytes] = []
+
+        def send_rtp(self, packet: bytearray, tcc_off: int = 0) -> None:
+            self.packets.append(bytes(packet))
+
+    class _Stream:
+        layer = 0
+
+    sent = _Sent()
+    c = Consumer(sent, "video", 0, "0", 0xABCD, 100, 90000, None, None)  # type: ignore[arg-type]
+    stream = _Stream()
+    c.source = stream  # type: ignore[assignment]
+    data = struct.pack("!BBHII", 0x80, 96, 1, 3000, 0x1234) + bytes([0x90, 0x80, 0x85, 0x01, 0x00, 1, 2])
+    for field, value, error in (
+        ("vp8_pid_off", len(data), IndexError),
+        ("vp8_pid_off", len(data) - 1, IndexError),  # a wide PictureID needs two bytes
+        ("vp8_tl0_off", len(data) + 5, IndexError),
+        ("payload_offset", len(data) + 1, ValueError),
+    ):
+        info = RtpInfo(data)
+        info.ssrc, info.seq, info.ts, info.pt, info.marker, info.padding = 0x1234, 1, 3000, 96, 0, 0
+        info.payload_offset = 12
+        info.vp8_pid_off, info.vp8_pid_wide, info.vp8_tl0_off = 14, True, -1
+        setattr(info, field, value)
+        with pytest.raises(error):
+            c.write(info, stream, 0.0)  # type: ignore[arg-type]
+    assert sent.packets == []
+    info = RtpInfo(data)  # and a good one still goes out
+    info.ssrc, info.seq, info.ts, info.pt, info.marker, info.padding = 0x1234, 1, 3000, 96, 0, 0
+    info.payload_offset, info.vp8_pid_off, info.vp8_pid_wide = 12, 14, True
+    c.write(info, stream, 0.0)  # type: ignore[arg-type]
+    assert len(sent.packets) == 1
