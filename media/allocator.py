@@ -300,7 +300,12 @@ class StreamAllocator:
         backlog_s = t.pace_queued_bytes() * 8 / rate_bps if rate_bps else 0.0
         dropped = t.pace_dropped - self._pace_dropped_seen
         self._pace_dropped_seen = t.pace_dropped
-        self.pacer_congested = bool(rate_bps) and (backlog_s > PACER_CONGESTED_S or dropped > 0)
+        # (only where the pacer is held under a measured capacity: pacing freely, at 2.5 x an
+        # estimate, a backlog is a keyframe at a start estimate, and a link that is really
+        # short shows itself to GCC; taking it for congestion there froze a site at join)
+        self.pacer_congested = (
+            bool(rate_bps) and bool(t.estimator.capacity_bps) and (backlog_s > PACER_CONGESTED_S or dropped > 0)
+        )
         if self.pacer_congested:
             budget = min(budget, max(0.0, PACER_RELIEF * rate_bps - audio))
         # a site that sends no feedback at all cannot be adapted to: never pause it
