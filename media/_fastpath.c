@@ -404,15 +404,12 @@ static PyObject *sc_pace_drain(SendCore *t, PyObject *unused) {
     while (qlen > 0) {
         PyObject *head = PySequence_GetItem(queue, 0);
         if (head == NULL) goto fail;
-        PyObject *packet, *offobj, *qobj;
         if (!PyTuple_Check(head) || PyTuple_GET_SIZE(head) != 3) {
             Py_DECREF(head);
             PyErr_SetString(PyExc_TypeError, "pacer queue item must be (packet, tcc_off, queued_at)");
             goto fail;
         }
-        packet = PyTuple_GET_ITEM(head, 0);
-        offobj = PyTuple_GET_ITEM(head, 1);
-        qobj = PyTuple_GET_ITEM(head, 2);
+        PyObject *packet = PyTuple_GET_ITEM(head, 0);
         Py_ssize_t n = PyObject_Size(packet);
         double w = (double)(n + t->wire_overhead);
         if (rate != 0.0 && tokens < w) {
@@ -425,8 +422,6 @@ static PyObject *sc_pace_drain(SendCore *t, PyObject *unused) {
         packet = PyTuple_GET_ITEM(item, 0);
         long off = PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
         double queued = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 2));
-        (void)offobj;
-        (void)qobj;
         if (PyErr_Occurred()) goto fail;
         t->pace_queued_bytes -= n;
         if (rate != 0.0) {
