@@ -1,0 +1,3 @@
+#!/bin/bash
+# Repeats on the same warm machine (after run.sh): two more native runs and two more on the Python path.
+export PYTHONPATH=$PWD HOINGHI_CACHE=$PWD/.devcache PYTHONUNBUFFERED=1; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .whl/*.whl; python3 setup.py -q build_ext --inplace 2>&1 | tail -1; ulimit -n 65536; R="python3 -m server.cli rehearse --sites 164 --seconds 30 --processes 8 --workers 8 --join-rate 16 --mix lan:1 --talkers 3 --lang en"; for i in 2 3; do timeout 100 $R --out $OUT/thumbs$i 2>&1 | grep "^joined"; HOINGHI_NATIVE=0 timeout 100 $R --out $OUT/thumbs_py$i 2>&1 | grep "^joined"; done
