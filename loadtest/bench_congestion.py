@@ -16,7 +16,8 @@ With `--thumbnails N` the meeting is a realistic one: N more sites join after th
 site, so the receiver shows the Chromium site on the stage (slot 0) and the others as
 thumbnails. They are the rehearsal's synthetic sites (loadtest/rawpeer.py): real ICE/DTLS/
 SRTP, browser-style simulcast of pre-encoded VP8 (q 180p ~150, h 360p ~500, f 720p ~1500
-kbit/s at 20 fps, paused by the server's publish_layers like a browser's), muted, as most
+kbit/s at 20 fps, each layer L1T3 as Chrome sends it, so a thumbnail can also be forwarded
+at 5 or 10 fps; paused by the server's publish_layers like a browser's), muted, as most
 sites of a meeting are. Encoded once, so N thumbnails cost this 2-core machine next to
 nothing (live encoders starved the receiver under test). Utilisation is then the receiver's
 whole downlink (stage + thumbnails + audio) over the cap, which is what a site's link is

@@ -177,6 +177,9 @@ class LayerSender:
         pid_hi = 0x80 | (self.pid >> 8)
         pid_lo = self.pid & 0xFF
         tl0 = self.tl0
+        if frame.tid == 0:
+            # TL0PICIDX counts base-layer frames: a receiver thinned to TID 0 sees it step by one
+            tl0 = self.tl0 = (tl0 + 1) & 0xFF
         payloads = frame.payloads
         last = len(payloads) - 1
         history = self.history
@@ -202,7 +205,6 @@ class LayerSender:
         if len(backlog) > first:
             self.frame_marks.append((backlog[first], s.clock.send_time(n)))
         self.pid = (self.pid + 1) & 0x7FFF
-        self.tl0 = (tl0 + 1) & 0xFF
         self.last_ts = ts
         self.frames += 1
 

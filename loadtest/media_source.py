@@ -18,9 +18,12 @@ audio_seed=0, keyframe_interval=2.5, key_step=0.5, layers=DEFAULT_LAYERS) -> Syn
     takes tens of ms. One instance is shared by any number of senders; each sender starts
     at its own place in the loop (``seed``), so sites neither look nor sound in step. More
     ``audio_seed`` values give other voices (another cache entry each).
-    Keyframes: every ``keyframe_interval`` (2.5 s) in 5 encodings ("phases") whose
-    keyframes are staggered by ``key_step`` (0.5 s): a keyframe request is met by switching
-    to the phase whose keyframe comes first, at that keyframe.
+    Keyframes: every ``keyframe_interval`` (2.5 s, rounded to 3 s: a multiple of the 4-frame
+    temporal pattern) in 6 encodings ("phases") whose keyframes are staggered by ``key_step``
+    (0.5 s): a keyframe request is met by switching to the phase whose keyframe comes first,
+    at that keyframe. Every layer is VP8 L1T3 like Chrome's (``temporal_layers=3``; TIDs
+    0, 2, 1, 2; ``EncodedFrame.tid``), so an SFU can forward it at 1/4, 1/2 or the full
+    frame rate; ``temporal_layers=1`` encodes without temporal layers.
     ``media.layers``: list of ``LayerMedia`` lowest first (rid ``q`` 320x180 ~150 kbit/s,
     ``h`` 640x360 ~500 kbit/s, ``f`` 1280x720 ~1.5 Mbit/s). ``media.loop_frames``: frames in
     the loop (``fps * seconds``). ``media.audio``: ``AudioMedia`` (20 ms Opus packets with
@@ -104,9 +107,14 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 #: Bump when the picture, the stamp, the encoder settings or the cache layout change.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 VP8_MAX_CHUNK = 1100  # VP8 bytes per RTP packet: + descriptor + header + extensions < 1200
-VP8_DESCRIPTOR = 6  # X | I (15-bit PictureID) | L (TL0PICIDX) | T (TID=0, Y=1)
+VP8_DESCRIPTOR = 6  # X | I (15-bit PictureID) | L (TL0PICIDX) | T (TID, Y)
+#: Chrome sends every simulcast layer as VP8 L1T3: temporal ids 0, 2, 1, 2 repeating, the base
+#: layer at 1/4 of the frame rate carrying ~40 % of the bits, 0+1 at 1/2 ~60 % (libwebrtc's
+#: split). The synthetic sites do the same, so the SFU has the same steps to allocate with.
+TEMPORAL_PATTERN = (0, 2, 1, 2)
+TEMPORAL_SHARES = (0.4, 0.6, 1.0)  # cumulative share of the layer's bit rate per temporal id
 OPUS_FRAME = 960  # 20 ms at 48 kHz
 STAMP_COLS = 16
 STAMP_ROWS = 2
@@ -264,6 +272,7 @@ class EncodedFrame:
     key: bool
     payloads: tuple[bytes, ...]  # RTP payloads: VP8 descriptor (PictureID/TL0PICIDX to fill) + VP8 bytes
     size: int  # bytes of VP8 bitstream
+    tid: int = 0  # VP8 temporal layer id (0: the base layer; keyframes are always 0)
 
 
 @dataclass
@@ -334,14 +343,23 @@ class SyntheticMedia:
         keyframe_interval: float = 2.5,
         key_step: float = 0.5,
         layers: Sequence[LayerSpec] = DEFAULT_LAYERS,
+        temporal_layers: int = 3,
     ) -> "SyntheticMedia":
-        """The encoded media for these parameters: from the cache, else encoded and cached."""
+        """The encoded media for these parameters: from the cache, else encoded and cached.
+
+        With `temporal_layers` 3 (the default, as Chrome) each layer is VP8 L1T3; the
+        keyframe interval is then rounded to a multiple of the 4-frame pattern, so every
+        keyframe is a base-layer frame (a keyframe a thinned stream dropped would be lost)."""
         if 90000 % fps:
             raise ValueError("fps must divide 90000 (RTP timestamps stay exact)")
+        if temporal_layers not in (1, 3):
+            raise ValueError("temporal_layers must be 1 or 3 (VP8 L1T3, as Chrome sends)")
         step = max(1, int(round(key_step * fps)))
-        gop = max(step, int(round(keyframe_interval * fps / step)) * step)
+        unit = math.lcm(step, len(TEMPORAL_PATTERN)) if temporal_layers > 1 else step
+        gop = max(unit, int(keyframe_interval * fps / unit + 0.5) * unit)
         loop = int(round(seconds * fps / gop)) * gop or gop
         params = {
+            "temporal": temporal_layers,
             "v": FORMAT_VERSION,
             "fps": fps,
             "loop": loop,
@@ -375,18 +393,20 @@ class SyntheticMedia:
 # --------------------------------------------------------------------------- encoding
 
 
-def _packetize(data: bytes) -> tuple[bytes, ...]:
+def _packetize(data: bytes, tid: int = 0, sync: bool = True) -> tuple[bytes, ...]:
     """Split one VP8 frame into RTP payloads of near-equal size, each with a descriptor.
 
     The descriptor's PictureID (bytes 2-3) and TL0PICIDX (byte 4) are zero here; the sender
-    writes them per packet.
+    writes them per packet. Byte 5 carries the temporal id and Y (the frame depends on the
+    base layer only: a receiver may start forwarding this temporal layer here).
     """
+    tbyte = (tid << 6) | (0x20 if sync else 0)
     n = max(1, -(-len(data) // VP8_MAX_CHUNK))
     size = -(-len(data) // n)
     out = []
     for k in range(n):
         chunk = data[k * size : (k + 1) * size]
-        out.append(bytes([0x90 if k == 0 else 0x80, 0xE0, 0x80, 0x00, 0x00, 0x20]) + chunk)
+        out.append(bytes([0x90 if k == 0 else 0x80, 0xE0, 0x80, 0x00, 0x00, tbyte]) + chunk)
     return tuple(out)
 
 
@@ -423,6 +443,16 @@ def _encode_layer(spec: LayerSpec, params: dict) -> LayerMedia:
             "buf-optimal-sz": "600",
             "buf-sz": "1000",
         }
+        temporal = params.get("temporal", 1) > 1
+        if temporal:
+            # libvpx's 3-layer pattern (ffmpeg's ts_layering_mode 3): TIDs 0,2,1,2; TID 0
+            # references only TID 0, TID 1 the last TID 0, TID 2 the frame before it, so a
+            # stream thinned to TIDs <= t decodes to the same pictures (tested)
+            kbps = ",".join(str(int(spec.bitrate * share / 1000)) for share in TEMPORAL_SHARES)
+            ctx.options["ts-parameters"] = (
+                f"ts_number_layers=3:ts_target_bitrate={kbps}:ts_rate_decimator=4,2,1:"
+                f"ts_periodicity=4:ts_layer_id=0,2,1,2:ts_layering_mode=3"
+            )
         frames: list[Optional[EncodedFrame]] = [None] * loop
         order = [(start + k) % loop for k in range(loop)]
         # one extra lap first (not kept) so rate control has settled when the kept lap starts;
@@ -437,7 +467,12 @@ def _encode_layer(spec: LayerSpec, params: dict) -> LayerMedia:
                 for packet in ctx.encode(f):
                     if lap == 1:
                         data = bytes(packet)
-                        frames[i] = EncodedFrame(bool(packet.is_keyframe), _packetize(data), len(data))
+                        pos = (lap * loop + k) % len(TEMPORAL_PATTERN)
+                        tid = TEMPORAL_PATTERN[pos] if temporal else 0
+                        if packet.is_keyframe and tid:
+                            raise RuntimeError("a keyframe off the temporal base layer")
+                        # the second TID 2 frame of the pattern references the TID 1 frame
+                        frames[i] = EncodedFrame(bool(packet.is_keyframe), _packetize(data, tid, pos != 3), len(data), tid)
         for packet in ctx.encode(None):
             pass
         if any(f is None for f in frames):
@@ -537,7 +572,7 @@ def _write_cache(path: Path, params: dict, media: SyntheticMedia) -> None:
     for layer in media.layers:
         phases = []
         for frames in layer.phases:
-            phases.append([[int(f.key), f.size, [len(p) for p in f.payloads]] for f in frames])
+            phases.append([[int(f.key), f.size, [len(p) for p in f.payloads], f.tid] for f in frames])
             for f in frames:
                 blobs.extend(f.payloads)
         layers.append(phases)
@@ -574,7 +609,7 @@ def _read_cache(path: Path, params: dict) -> SyntheticMedia:
 
     layers = []
     for spec, phases in zip(params["layers"], index["layers"]):
-        decoded = [[EncodedFrame(bool(k), tuple(take(s) for s in sizes), size) for k, size, sizes in frames] for frames in phases]
+        decoded = [[EncodedFrame(bool(k), tuple(take(s) for s in sizes), size, tid) for k, size, sizes, tid in frames] for frames in phases]
         layers.append(LayerMedia(LayerSpec(*spec), decoded))
     packets = [take(s) for s in index["audio"]]
     silence = take(index["silence"])

@@ -433,6 +433,14 @@ class StreamAllocator:
         t.set_pacing(base if t.estimator.mode != "none" else 0.0, pace_factor)
         if self.allocated_bps + audio > estimate:
             self.deficient = True  # kept over budget: probing is how the estimate catches up
+        if logger.isEnabledFor(logging.DEBUG) and now - getattr(self, "_dbg", 0.0) > 2.0:
+            self._dbg = now
+            lad = {c.index: [(st, int(pk / 1000), int(mn / 1000)) for st, pk, mn in ladder(c.producer.streams, 2 if c.index == 0 else 0)] for c in consumers[:2]}
+            logger.debug("ALLOC loss %.3f over %s dec %.1f hold %.1f since %.1f up %s est %d cap %d pace %d audio %d budget %d alloc %d ideal %d cur %s lad %s",
+                         t.estimator.loss, t.estimator.overusing, now - t.estimator.last_decrease, self.hold_until - now,
+                         now - self.upgrade_since if self.upgrade_since else -1, upgrade,
+                         estimate / 1000, t.estimator.capacity_bps / 1000, t._pace_rate * 8 / 1000, audio / 1000, budget / 1000,
+                         self.allocated_bps / 1000, self.ideal_bps / 1000, [self.current(c) for c in consumers], lad)
         self._maybe_probe(now)
 
     def _apply(self, c: "Consumer", step: Step, reason: str) -> None:
@@ -589,6 +597,7 @@ class StreamAllocator:
         # the link's capacity, for the pacer: any complete cluster the link slowed, even a
         # little (5.2 Mbit/s into a 5 Mbit/s cap comes out at 4.98: "reached", yet the cap)
         capacity = recv_rate if complete and recv_rate < CAPACITY_SLOWED * send_rate else 0.0
+        measured = self.transport.estimator.capacity_bps  # what the link was measured at, before this probe
         self.transport.estimator.on_probe(ProbeResult(rate, expected, len(got)), now, reached or complete, saturated, capacity)
         self.last_probe_result = (round(rate), round(pr["target"]), expected, len(got))
         if not reached and pr["ceiling"]:
@@ -604,6 +613,12 @@ class StreamAllocator:
             # alone, any probe from 180p looked like a lifted cap, the caution learnt from a
             # failed 360p was forgotten at once, and 800 kbit/s switched 9 times a minute.)
             changed = rate > 1.25 * self.failed_bps if self.failed_bps else rate > 1.5 * (self.allocated_bps + self.audio_bps)
+            # ... or clearly above the capacity a probe measured: what "failed" may be the whole
+            # meeting that was flowing when the cap came (an upgrade 15 s before it counts as
+            # failed), so a lifted 800 kbit/s cap had to show 3.6 Mbit/s before the caution
+            # went, and the climb back took 10.6-13.8 s; 1.25 x a measured capacity cannot
+            # come through a link that still has it
+            changed = changed or bool(measured and rate > 1.25 * measured)
             if changed:
                 # far more than what was sent, or than what an upgrade failed at: the link has
                 # changed (a cap lifted), so the caution learnt from failed upgrades is void

@@ -85,13 +85,14 @@ def test_cache_second_load_is_identical_and_does_not_encode(tmp_path, monkeypatc
     path.write_bytes(path.read_bytes()[:1000])
     third = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, keyframe_interval=0.5, key_step=0.5, label="cache-test")
     assert not third.loaded_from_cache  # (libvpx in real-time mode is not bit-exact run to run)
-    assert len(third.layers[0].phases[0]) == len(first.layers[0].phases[0]) == 50
+    # 2.5 s at 20 fps, rounded to whole keyframe intervals of a multiple of the 4-frame temporal pattern: 40
+    assert len(third.layers[0].phases[0]) == len(first.layers[0].phases[0]) == 40
 
 
 def test_audio_levels_follow_the_speech_and_silence_is_silent(tmp_path):
-    m = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, keyframe_interval=0.5, key_step=0.5, audio_seed=3)
+    m = SyntheticMedia.load(tmp_path, seconds=2.0, layers=SMALL, keyframe_interval=0.5, key_step=0.5, audio_seed=3)
     a = m.audio
-    assert len(a.packets) == len(a.levels) == 125  # 2.5 s of 20 ms packets
+    assert len(a.packets) == len(a.levels) == 100  # 2 s of 20 ms packets
     voiced = [lv for lv in a.levels if lv < 50]
     pauses = [lv for lv in a.levels if lv > 60]
     assert len(voiced) > 0.3 * len(a.levels) and pauses, a.levels  # words, with pauses between
@@ -137,6 +138,38 @@ def test_stamp_survives_vp8_at_every_layer_and_phase(media):
     frames = [f.phases[0][i] for i in range(step)] + [f.phases[1][i] for i in range(step, step + 20)]
     got = [read_stamp(g) for g in _decode(frames)]
     assert [s.frame for s in got] == list(range(step)) + list(range(step, step + 20))
+
+
+def test_layers_are_l1t3_and_a_thinned_stream_decodes_to_the_same_pictures(tmp_path):
+    """Like Chrome's, every layer is VP8 L1T3: an SFU that forwards only TIDs <= t (1/4 or 1/2
+    of the frame rate) gives the receiver's decoder exactly the pictures the full stream has
+    at those frames. Without temporal layers the same thinning corrupts the pictures, which
+    is what this test would catch if the encoder's reference structure were lost."""
+    media = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, keyframe_interval=0.5, key_step=0.5)
+    assert media.gop % len(media_source.TEMPORAL_PATTERN) == 0  # every keyframe is a base-layer frame
+    layer = media.layers[0]
+    for p, frames in enumerate(layer.phases):
+        order = [(p * media.key_step + k) % media.loop_frames for k in range(media.loop_frames)]
+        tids = [frames[i].tid for i in order]
+        assert tids == [media_source.TEMPORAL_PATTERN[k % 4] for k in range(len(order))]
+        assert all(frames[i].tid == 0 for i in order if frames[i].key)
+        # the descriptor carries the TID, and Y (sync) everywhere but on the TID 2 frame after a TID 1
+        assert [frames[i].payloads[0][5] >> 6 for i in order] == tids
+        assert [bool(frames[i].payloads[0][5] & 0x20) for i in order] == [k % 4 != 3 for k in range(len(order))]
+        full = _decode([frames[i] for i in order])
+        for t in (0, 1):
+            kept = [k for k in range(len(order)) if tids[k] <= t]
+            thin = _decode([frames[order[k]] for k in kept])
+            assert len(thin) == len(kept)
+            assert all(np.array_equal(pic, full[k]) for pic, k in zip(thin, kept)), (p, t)
+    sizes = [sum(f.size for f in layer.phases[0] if f.tid == t and not f.key) for t in (0, 1, 2)]
+    assert sizes[0] > sizes[1] and sizes[0] > 0.25 * sum(sizes)  # the base layer carries the most
+    flat = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, keyframe_interval=0.5, key_step=0.5, temporal_layers=1)
+    frames = flat.layers[0].phases[0]
+    assert {f.tid for f in frames} == {0}
+    full = _decode(frames)
+    thin = _decode([f for k, f in enumerate(frames) if k % 4 == 0])
+    assert not all(np.array_equal(pic, full[4 * n]) for n, pic in enumerate(thin))
 
 
 async def test_offer_is_read_by_the_server_as_three_layers(tmp_path):

@@ -226,3 +226,34 @@ async def test_a_pacer_that_cannot_keep_up_is_congestion() -> None:
     t.pace_dropped += 1
     alloc.run(now + 1.8)
     assert alloc.pacer_congested
+
+
+def test_a_probe_well_above_the_measured_capacity_forgets_a_failure() -> None:
+    """A cap that came 10 s after the climb to 720p made the whole meeting (2.85 Mbit/s) the
+    rate "an upgrade failed at"; once the cap was lifted, probes had to find 1.25 x that
+    before the upgrade hold (doubled to 20 s) was forgiven: 10.6-13.8 s back to 720p. A probe
+    that gets through at 1.25 x the capacity a probe measured says the link changed; one
+    below that does not."""
+    from media.transport import MediaSettings, WebRtcTransport
+
+    class _Router:
+        def transport_connected(self, t) -> None: ...
+
+    def probe_through(rate_bps: float, now: float) -> StreamAllocator:
+        t = WebRtcTransport(_Router(), "rx", MediaSettings())  # type: ignore[arg-type]
+        t.estimator.mode = "twcc"
+        t.estimator.on_probe(ProbeResult(790_000, 20, 20), now - 5, reached=False, saturated=True, capacity=790_000)
+        a = t.allocator
+        a.failed_bps, a.hold_s, a.hold_until = 2_850_000, 20.0, now + 15.0
+        first, n, size = 100, 21, 1200
+        a.probe = {"target": rate_bps, "start": now - 0.3, "first": first, "last": first + n - 1, "sent": n * size,
+                   "ticks": 10, "ceiling": 752_000, "end_seq": first + n, "done": now - 0.1}
+        gap = size * 8 / rate_bps  # sent and received at rate_bps
+        a.on_feedback([(first + k, now - 0.3 + k * gap, size, now - 0.25 + k * gap) for k in range(n)], now)
+        return a
+
+    now = time.monotonic()
+    a = probe_through(1_100_000, now)
+    assert a.failed_bps == 0 and a.hold_until == 0 and a.hold_s < 20.0
+    a = probe_through(950_000, now)  # through, but not clearly above the measured capacity
+    assert a.failed_bps == 2_850_000 and a.hold_until == now + 15.0
