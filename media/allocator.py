@@ -433,14 +433,6 @@ class StreamAllocator:
         t.set_pacing(base if t.estimator.mode != "none" else 0.0, pace_factor)
         if self.allocated_bps + audio > estimate:
             self.deficient = True  # kept over budget: probing is how the estimate catches up
-        if logger.isEnabledFor(logging.DEBUG) and now - getattr(self, "_dbg", 0.0) > 2.0:
-            self._dbg = now
-            lad = {c.index: [(st, int(pk / 1000), int(mn / 1000)) for st, pk, mn in ladder(c.producer.streams, 2 if c.index == 0 else 0)] for c in consumers[:2]}
-            logger.debug("ALLOC loss %.3f over %s dec %.1f hold %.1f since %.1f up %s est %d cap %d pace %d audio %d budget %d alloc %d ideal %d cur %s lad %s",
-                         t.estimator.loss, t.estimator.overusing, now - t.estimator.last_decrease, self.hold_until - now,
-                         now - self.upgrade_since if self.upgrade_since else -1, upgrade,
-                         estimate / 1000, t.estimator.capacity_bps / 1000, t._pace_rate * 8 / 1000, audio / 1000, budget / 1000,
-                         self.allocated_bps / 1000, self.ideal_bps / 1000, [self.current(c) for c in consumers], lad)
         self._maybe_probe(now)
 
     def _apply(self, c: "Consumer", step: Step, reason: str) -> None:

@@ -161,7 +161,7 @@ class WebRtcTransport(SendCore):
         self._probe_rr = 0
         self._remb_parts: dict[tuple, tuple] = {}
         self._pace_rate = 0.0
-        self._pace_burst = 3000.0
+        self._pace_burst = self.PACE_BURST_MIN
         self._pace_tokens = 0.0
         self._pace_time = now
         self._pace_queue: deque = deque()
@@ -589,13 +589,17 @@ class WebRtcTransport(SendCore):
     PACE_FACTOR = 1.05
     PACE_FACTOR_FREE = 2.5
     PACE_BURST_S = 0.005
+    # ... and at least one full-size packet: a larger one leaves when the bucket is full and
+    # the tokens go into debt (libwebrtc's pacer), so no packet ever waits for good. (3 KB
+    # before: at 300 kbit/s that let 80 ms of the link out at once, a sawtooth in its queue.)
+    PACE_BURST_MIN = 1500.0
     PACE_MAX_QUEUE_S = 1.0
 
     def set_pacing(self, estimate_bps: float, factor: float = PACE_FACTOR) -> None:
         """Pace this site's downlink at `factor` x its estimate (0: no pacing, for sites
         that send no congestion feedback). Idle cost is one comparison per packet."""
         self._pace_rate = estimate_bps * factor / 8.0  # bytes per second
-        self._pace_burst = max(3000.0, self._pace_rate * self.PACE_BURST_S)
+        self._pace_burst = max(self.PACE_BURST_MIN, self._pace_rate * self.PACE_BURST_S)
 
     def _pace_schedule(self, delay: float) -> None:
         """Drain the queue when the head packet's tokens are there, but not sooner than half
@@ -632,14 +636,15 @@ class WebRtcTransport(SendCore):
         self._pace_time = now
         n = len(packet)
         w = n + WIRE_OVERHEAD
-        if tokens >= w:
+        need = w if w < self._pace_burst else self._pace_burst
+        if tokens >= need:
             self._pace_tokens = tokens - w
             self._send_now(packet, tcc_off, now)
             return
         self._pace_tokens = tokens
         queue.append((packet, tcc_off, now))
         self._pace_queued_bytes += n
-        self._pace_schedule((w - tokens) / rate)
+        self._pace_schedule((need - tokens) / rate)
 
     def pace_queued_bytes(self) -> int:
         return self._pace_queued_bytes
@@ -678,7 +683,8 @@ class WebRtcTransport(SendCore):
         now = time.monotonic()
         tokens = min(self._pace_burst, self._pace_tokens + (now - self._pace_time) * rate)
         self._pace_time = now
-        while queue and tokens >= len(queue[0][0]) + WIRE_OVERHEAD:
+        burst = self._pace_burst
+        while queue and tokens >= min(len(queue[0][0]) + WIRE_OVERHEAD, burst):
             packet, tcc_off, queued = queue.popleft()
             tokens -= len(packet) + WIRE_OVERHEAD
             self._pace_queued_bytes -= len(packet)
@@ -688,7 +694,7 @@ class WebRtcTransport(SendCore):
             self.pace_waited[bisect_left(LATENCY_BOUNDS_S, wait)] += 1
         self._pace_tokens = tokens
         if queue:
-            self._pace_schedule((len(queue[0][0]) + WIRE_OVERHEAD - tokens) / rate)
+            self._pace_schedule((min(len(queue[0][0]) + WIRE_OVERHEAD, burst) - tokens) / rate)
 
     def _send_now_py(self, packet: bytearray, tcc_off: int, now: float = 0.0) -> None:
         sendto = self._sendto
@@ -770,11 +776,13 @@ class WebRtcTransport(SendCore):
                     e, a = self.estimator, self.allocator
                     logger.debug(
                         "downlink %s: est %.0f (delay %.0f loss-based %.0f) loss %.3f overuse %s send %.0f "
-                        "layers %s probes %d/%d last %s pace %.0f cap %.0f pace-q %d dropped %d",
+                        "layers %s probes %d/%d last %s pace %.0f cap %.0f pace-q %d dropped %d "
+                        "budget %.0f allocated %.0f ideal %.0f audio %.0f upgrade hold %.1f s",
                         self.participant_id, e.estimate, e.delay_bps, e.loss_bps, e.loss, e.overusing,
                         self._send_bps, [(c.layer, c.temporal) if not c.paused else -1 for c in self.consumers["video"] if c.producer],
                         a.probe_successes, a.probes, a.last_probe_result, self._pace_rate * 8, e.capacity_bps,
                         len(self._pace_queue), self.pace_dropped,
+                        a.budget, a.allocated_bps, a.ideal_bps, a.audio_bps, max(0.0, a.hold_until - now),
                     )
         except asyncio.CancelledError:
             pass

@@ -106,7 +106,7 @@ async def _subscriber(cls_t, cls_c, producer_v, producer_a, key: bytes, offsets:
         c.seq_off, c.ts_off = seq_off, ts_off
     t.consumers["video"].append(v)
     t.consumers["audio"].append(a)
-    t.set_pacing(3_000_000)  # 375 kB/s, bursts of 3 kB: a keyframe's packets queue
+    t.set_pacing(3_000_000)  # 375 kB/s, bursts of 5 ms (1.9 kB): a keyframe's packets queue
     v.assign(producer_v)
     a.assign(producer_a)
     return t, v, a, sink, udp
@@ -282,3 +282,56 @@ def test_offsets_outside_the_packet_raise_and_never_write_out_of_bounds():
     info.payload_offset, info.vp8_pid_off, info.vp8_pid_wide = 12, 14, True
     c.write(info, stream, 0.0)  # type: ignore[arg-type]
     assert len(sent.packets) == 1
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+async def test_the_pacer_lets_one_packet_out_at_a_time_on_a_slow_link_and_never_holds_a_large_one(native: bool):
+    """At 300 kbit/s the bucket holds one full-size packet (1.5 kB), not 3 kB: 3 kB left at
+    once is 80 ms of such a link, a sawtooth in its queue that GCC reads as over-use. A packet
+    larger than the bucket leaves when the bucket is full and the tokens go into debt, as in
+    libwebrtc's pacer, instead of waiting for tokens the bucket can never hold."""
+    key = os.urandom(30)
+    cls = WebRtcTransport if native else PyTransport
+    video = Producer(WebRtcTransport(_Router(), "pub", MediaSettings()), "video", "1", "video/vp8", 90000, 96, 97, set(), [])
+    audio = Producer(WebRtcTransport(_Router(), "pub", MediaSettings()), "audio", "0", "audio/opus", 48000, 111, None, set(), [])
+    t, _v, _a, sink, udp = await _subscriber(cls, Consumer if native else PyConsumer, video, audio, key, ((0, 0), (0, 0)), native)
+    try:
+        t.set_pacing(300_000)
+        assert t._pace_burst == WebRtcTransport.PACE_BURST_MIN == 1500.0
+
+        def rtp(seq: int, size: int) -> bytearray:
+            return bytearray(struct.pack("!BBHII", 0x80, 96, seq, 0, 0x1111) + bytes(size - 12))
+
+        await asyncio.sleep(0.1)  # the bucket fills (to one packet's worth)
+        t.send_rtp(rtp(1, 1900), 0)  # over the bucket: out at once, tokens in debt
+        assert not t._pace_queue and t._pace_tokens < 0
+        for k in range(3):
+            t.send_rtp(rtp(2 + k, 1200), 0)
+        assert len(t._pace_queue) == 3  # nothing more until the debt is paid
+        for _ in range(200):
+            if not t._pace_queue:
+                break
+            await asyncio.sleep(0.01)
+        assert not t._pace_queue
+        await asyncio.sleep(0.1)  # full again: one 1200-byte packet goes, the next waits
+        for k in range(3):
+            t.send_rtp(rtp(5 + k, 1200), 0)
+        assert len(t._pace_queue) == 2
+        for _ in range(200):
+            if not t._pace_queue:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)
+        rx = SrtpContext(Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND)))  # pylibsrtp's own refuses > ~1356 B
+        got = []
+        while True:
+            try:
+                got.append(bytes(rx.unprotect(sink.recv(4096))))
+            except BlockingIOError:
+                break
+        assert [struct.unpack_from("!H", p, 2)[0] for p in got] == list(range(1, 8))
+        assert t.pace_dropped == 0 and t.packets_out == 7
+    finally:
+        t._direct_unbind()
+        udp.close()
+        sink.close()
