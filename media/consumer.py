@@ -32,6 +32,7 @@ HISTORY = 512  # packets kept per video slot for retransmission (~2 s at 720p)
 _MASK = HISTORY - 1
 RESEND_GUARD = 0.05  # do not resend the same packet twice within this, s
 MAX_RESENDS = 4  # retransmissions of one packet at most (LiveKit: 3); then it is the decoder's problem
+RTX_MAX_BACKLOG_S = 0.25  # behind this much in the pacer a retransmission is refused (see on_nack)
 SWITCH_GUARD = 300  # after a switch, drop stragglers older than the switch point for this many packets
 _pack_seq_ts = struct.Struct("!HI").pack_into
 
@@ -137,6 +138,7 @@ class Consumer(ConsumerCore):
         self.packets = 0
         self.octets = 0
         self.retransmits = 0
+        self.rtx_refused = 0  # NACKed packets not resent: the pacer held too much (on_nack)
         self.switches = 0
         self.rtt = 0.0
         self.fraction_lost = 0
@@ -471,20 +473,34 @@ class Consumer(ConsumerCore):
         history = self.history
         if history is None or self.paused:
             return  # a paused slot's link is congested: retransmitting would only add to it
+        # Behind the pacer's backlog a retransmission arrives too late to help and adds to the
+        # congestion that lost the packet: at 2 Mbit/s the pacer's queue sat at its 1 s cap and
+        # dropped ~70 packets a second, each NACKed, each copy queued behind a second of media
+        # and NACKed again 50 ms later, up to 4 times: several times the media's own rate fed
+        # into a full queue (8 freezes in 30 s). So none over RTX_MAX_BACKLOG_S of backlog, and
+        # under it no second copy while the first may still be queued (libwebrtc limits
+        # retransmissions to its estimate; mediasoup resends a packet at most once per RTT).
+        t = self.transport
+        rate = t._pace_rate
+        backlog_s = t.pace_queued_bytes() / rate if rate else 0.0
+        if backlog_s > RTX_MAX_BACKLOG_S:
+            self.rtx_refused += len(seqs)
+            return
+        guard = RESEND_GUARD + backlog_s
         now = time.monotonic()
         resent = self._resent_at
         count = self._resent_n
         for seq in seqs:
             i = seq & _MASK
             pkt = history[i]
-            if pkt is None or ((pkt[2] << 8) | pkt[3]) != seq or now - resent[i] < RESEND_GUARD:
+            if pkt is None or ((pkt[2] << 8) | pkt[3]) != seq or now - resent[i] < guard:
                 continue
             if count[i] >= MAX_RESENDS:
                 continue  # a receiver asking again and again would only flood its own link
             count[i] += 1
             resent[i] = now
             # RFC 4588 when negotiated, else the same packet again (RFC 4585 allows both)
-            self.transport.send_rtp(self.rtx_copy(pkt) or pkt, self.tcc_off)
+            t.send_rtp(self.rtx_copy(pkt) or pkt, self.tcc_off)
             self.retransmits += 1
 
     def rtx_copy(self, pkt: bytearray) -> Optional[bytearray]:

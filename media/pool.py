@@ -673,7 +673,7 @@ class RouterProxy:
                     out[k] = out.get(k, 0) + v
         for k in (
             "streams_in_audio", "streams_in_video", "streams_out_audio", "streams_out_video", "packets_in",
-            "packets_out", "bytes_in", "bytes_out", "dropped", "lost", "nacks", "retransmissions", "switches", "audio_switches", "paused",
+            "packets_out", "bytes_in", "bytes_out", "dropped", "lost", "nacks", "retransmissions", "retransmissions_refused", "pacer_dropped", "switches", "audio_switches", "paused",
         ):
             out.setdefault(k, 0)
         out.setdefault("estimates", [])

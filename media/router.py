@@ -434,6 +434,8 @@ class Router:
             "lost": sum(s.lost_for_good for s in recv),
             "nacks": sum(s.nacks_sent for s in recv),
             "retransmissions": sum(c.retransmits for c in consumers),
+            "retransmissions_refused": sum(c.rtx_refused for c in consumers if c.kind == "video"),
+            "pacer_dropped": sum(t.pace_dropped for t in transports),
             "switches": sum(c.switches for c in consumers if c.kind == "video"),
             "audio_switches": sum(c.switches for c in consumers if c.kind == "audio"),
             "paused": sum(1 for c in consumers if c.kind == "video" and c.paused),

@@ -36,6 +36,12 @@ class RoomCollector:
         lost = CounterMetricFamily("hoinghi_upstream_lost_packets", "Packets never recovered from publishers", labels=["meeting"])
         nacks = CounterMetricFamily("hoinghi_nacks_sent", "Sequence numbers NACKed upstream", labels=["meeting"])
         retx = CounterMetricFamily("hoinghi_retransmissions", "RTX packets sent to subscribers", labels=["meeting"])
+        retx_refused = CounterMetricFamily(
+            "hoinghi_retransmissions_refused", "NACKed packets not resent: the site's pacer held too much (congestion)", labels=["meeting"]
+        )
+        pacer_dropped = CounterMetricFamily(
+            "hoinghi_pacer_dropped_packets", "Packets a site's pacer dropped (its queue was full: the link is short)", labels=["meeting"]
+        )
         switches = CounterMetricFamily("hoinghi_layer_switches", "Video slots switched to another simulcast layer or site (at a keyframe)", labels=["meeting"])
         audio_switches = CounterMetricFamily("hoinghi_audio_switches", "Audio slots switched to another site (loudest-K)", labels=["meeting"])
         speaker_changes = CounterMetricFamily("hoinghi_speaker_changes", "Dominant speaker changes (each moves the stage of every receiver)", labels=["meeting"])
@@ -71,6 +77,8 @@ class RoomCollector:
             lost.add_metric([mid], tot["lost"])
             nacks.add_metric([mid], tot["nacks"])
             retx.add_metric([mid], tot["retransmissions"])
+            retx_refused.add_metric([mid], tot.get("retransmissions_refused", 0))
+            pacer_dropped.add_metric([mid], tot.get("pacer_dropped", 0))
             switches.add_metric([mid], tot["switches"])
             audio_switches.add_metric([mid], tot.get("audio_switches", 0))
             detector = getattr(room.router, "speakers", None)
@@ -124,7 +132,7 @@ class RoomCollector:
                              "How late the media workers' event loops ran a 20 ms timer (all workers)", lag, 0, None)
             yield _histogram("hoinghi_worker_gc_pause_seconds",
                              "How long the media workers' garbage-collector passes stopped them (all workers)", gc_pause, 0, None)
-        yield from (rooms, connections, participants, streams, packets, octets, dropped, lost, nacks, retx, switches, audio_switches, speaker_changes, paused, estimate)
+        yield from (rooms, connections, participants, streams, packets, octets, dropped, lost, nacks, retx, retx_refused, pacer_dropped, switches, audio_switches, speaker_changes, paused, estimate)
 
 
 def _histogram(name: str, doc: str, counts: list[int], extra_first: int, total_s: Optional[float]) -> HistogramMetricFamily:

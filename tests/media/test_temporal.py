@@ -229,7 +229,7 @@ async def test_a_congestion_drop_takes_the_old_layers_backlog_back_from_the_pace
         hi, lo = _Layer(2), _Layer(0)
         c.source = hi  # type: ignore[assignment]
         hi.sinks.append(c)
-        t.set_pacing(80_000)  # 12.5 kB/s: a burst of 3000 bytes goes out, the rest waits
+        t.set_pacing(80_000)  # 12.5 kB/s: one packet goes out, the rest waits
         rng = random.Random(3)
         for packets in _frames(30, rng):
             for _tid, data in packets:
@@ -254,5 +254,45 @@ async def test_a_congestion_drop_takes_the_old_layers_backlog_back_from_the_pace
         assert last is not None
         firsts = [struct.unpack("!H", bytes(p)[2:4])[0] for p, _, _ in t._pace_queue]
         assert firsts[0] == (first_queued + 1) & 0xFFFF, (first_queued, firsts)
+    finally:
+        await t.pc.close()
+
+
+async def test_no_retransmission_behind_a_full_pacer_and_no_second_copy_while_the_first_waits():
+    """At 2 Mbit/s the pacer's queue sat at its 1 s cap: every packet it dropped was NACKed,
+    each copy queued behind a second of media and NACKed again 50 ms later, up to 4 times, and
+    the copies kept the queue full (8 freezes in 30 s). Behind more than RTX_MAX_BACKLOG_S a
+    NACK is refused; under it, a packet is not copied again while its first copy may still
+    be waiting in the queue."""
+    from media.consumer import RESEND_GUARD, RTX_MAX_BACKLOG_S
+    from media.transport import MediaSettings, WebRtcTransport
+
+    t = WebRtcTransport(None, "site", MediaSettings())  # type: ignore[arg-type]
+    try:
+        c = Consumer(t, "video", 0, "0", 0xABCD, 100, 90000, None, None)
+        src = _Layer(0)
+        c.source = src  # type: ignore[assignment]
+        src.sinks.append(c)
+        rate_bps = 100_000
+        t.set_pacing(rate_bps)
+        rng = random.Random(5)
+        for packets in _frames(8, rng):
+            for _tid, data in packets:
+                c.write(_info(data), src, 0.0)  # type: ignore[arg-type]
+        sent_seqs = [struct.unpack("!H", bytes(p)[2:4])[0] for p in c.history if p is not None]
+        queued_bytes = t.pace_queued_bytes()
+        backlog_s = queued_bytes * 8 / rate_bps
+        assert RESEND_GUARD < backlog_s < RTX_MAX_BACKLOG_S, backlog_s  # short enough to resend
+        n_queued = len(t._pace_queue)
+        c.on_nack(sent_seqs[:2])
+        assert c.retransmits == 2 and len(t._pace_queue) == n_queued + 2
+        for seq in sent_seqs[:2]:
+            c._resent_at[seq & (len(c._resent_at) - 1)] -= RESEND_GUARD + 0.01  # as if 60 ms had passed
+        c.on_nack(sent_seqs[:2])  # past the 50 ms guard, but the first copies may still be queued
+        assert c.retransmits == 2 and c.rtx_refused == 0
+        # a pacer holding more than RTX_MAX_BACKLOG_S: nothing is resent, and it is counted
+        t._pace_queued_bytes = int(rate_bps / 8 * (RTX_MAX_BACKLOG_S + 0.1))
+        c.on_nack(sent_seqs[2:5])
+        assert c.retransmits == 2 and c.rtx_refused == 3
     finally:
         await t.pc.close()
