@@ -210,6 +210,7 @@ class StreamAllocator:
         self._pace_dropped_seen = 0
         self.pacer_congested = False
         self.audio_bps = 0.0
+        self.link_capacity = 0.0  # the last capacity a probe measured (0: none since the link changed)
         # Cap set by the hub's EgressBudget (media/budget.py) while the server's own uplink
         # is short: slot -> highest layer allowed (-1: paused); None: no cap.
         self.limits: Optional[dict["Consumer", int]] = None
@@ -589,7 +590,10 @@ class StreamAllocator:
         # the link's capacity, for the pacer: any complete cluster the link slowed, even a
         # little (5.2 Mbit/s into a 5 Mbit/s cap comes out at 4.98: "reached", yet the cap)
         capacity = recv_rate if complete and recv_rate < CAPACITY_SLOWED * send_rate else 0.0
-        measured = self.transport.estimator.capacity_bps  # what the link was measured at, before this probe
+        # what the link was last measured at (the estimator forgets its bound as soon as a
+        # probe gets through above it, even by 10 %; this is kept until the link is seen to change)
+        measured = self.transport.estimator.capacity_bps or self.link_capacity
+        self.link_capacity = capacity or measured
         self.transport.estimator.on_probe(ProbeResult(rate, expected, len(got)), now, reached or complete, saturated, capacity)
         self.last_probe_result = (round(rate), round(pr["target"]), expected, len(got))
         if not reached and pr["ceiling"]:
@@ -612,6 +616,7 @@ class StreamAllocator:
             # come through a link that still has it
             changed = changed or bool(measured and rate > 1.25 * measured)
             if changed:
+                self.link_capacity = 0.0
                 # far more than what was sent, or than what an upgrade failed at: the link has
                 # changed (a cap lifted), so the caution learnt from failed upgrades is void
                 self.hold_s = UPGRADE_HOLD_S

@@ -257,3 +257,13 @@ def test_a_probe_well_above_the_measured_capacity_forgets_a_failure() -> None:
     assert a.failed_bps == 0 and a.hold_until == 0 and a.hold_s < 20.0
     a = probe_through(950_000, now)  # through, but not clearly above the measured capacity
     assert a.failed_bps == 2_850_000 and a.hold_until == now + 15.0
+    # that probe got through above the estimator's bound, which it then forgets; the next one,
+    # at 3 Mbit/s, is still judged against the capacity last measured (22.9 s back to 720p
+    # when it was not: 3 Mbit/s is not 1.25 x the 2.85 that "failed")
+    assert a.transport.estimator.capacity_bps == 0 and a.link_capacity == 790_000
+    first, n, size = 200, 40, 1200
+    a.probe = {"target": 3_000_000, "start": now - 0.3, "first": first, "last": first + n - 1, "sent": n * size,
+               "ticks": 10, "ceiling": 0.0, "end_seq": first + n, "done": now - 0.1}
+    gap = size * 8 / 3_000_000
+    a.on_feedback([(first + k, now - 0.3 + k * gap, size, now - 0.25 + k * gap) for k in range(n)], now)
+    assert a.failed_bps == 0 and a.hold_until == 0 and a.link_capacity == 0
