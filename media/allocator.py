@@ -428,8 +428,13 @@ class StreamAllocator:
         # ... and never faster than the link was measured to deliver: at 2.5 x, a 720p
         # keyframe went into a 5 Mbit/s link at 12, queued there, read as over-use, and the
         # cut took the stage down to 360p every 10-20 s with the link 60 % used
+        # ... not even for what was decided: slots priced before a keyframe raised their peaks
+        # (two thumbnails admitted at 300 kbit/s) paced the link at 376 kbit/s, its queue
+        # overflowed, and the loss cut the stage to 5 fps for 11 s; held here instead, the
+        # backlog is the pacer's congestion, which re-plans the slots at once without loss
         capacity = t.estimator.capacity_bps * CAPACITY_SHARE
         if capacity:
+            base = min(base, capacity)
             pace_factor = min(pace_factor, max(1.0, capacity / base))
         t.set_pacing(base if t.estimator.mode != "none" else 0.0, pace_factor)
         if self.allocated_bps + audio > estimate:

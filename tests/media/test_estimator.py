@@ -175,6 +175,20 @@ def test_a_probe_the_link_slowed_bounds_the_estimate_and_the_pacer() -> None:
     assert t._pace_rate * 8 <= CAPACITY_SHARE * 4_980_000 + 1
     est.delay_bps = est.loss_bps = 7_000_000  # AIMD drift while the pacer hides any queue
     assert abs(est.estimate - CAPACITY_SHARE * 4_980_000) < 1
+    # slots that cost more than the estimate (a keyframe raised their peaks after they were
+    # admitted) are still paced under the capacity: their backlog is the pacer's congestion
+    stage = _slot(t, 0, _publisher("hub", [250_000, 700_000, 1_700_000]))  # type: ignore[arg-type]
+    p, stage.assigned = stage.assigned, None
+    stage.assign(p)
+    t.allocator.last_probe = now + 1.2  # (no probe cluster here: this test has no event loop)
+    t.allocator.run(now + 1.1)
+    assert t.allocator.current(stage)[0] == 2
+    for s in p.streams:
+        s.bitrate_peak = s.bitrate = 6_000_000
+    t.allocator.run(now + 1.2)  # the new price is over the budget, but no loss yet: a grace second
+    assert t.allocator.allocated_bps > est.estimate
+    assert t._pace_rate * 8 <= CAPACITY_SHARE * 4_980_000 + 1
+    t.consumers["video"].clear()
     est.on_probe(ProbeResult(8_000_000, 60, 60), now + 2, reached=True)
     assert est.capacity_bps == 0 and abs(est.estimate - 8_000_000) < 1
     # a measurement not repeated for minutes is forgotten at the next feedback
