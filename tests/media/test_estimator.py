@@ -189,7 +189,14 @@ def test_a_probe_the_link_slowed_bounds_the_estimate_and_the_pacer() -> None:
     assert t.allocator.allocated_bps > est.estimate
     assert t._pace_rate * 8 <= CAPACITY_SHARE * 4_980_000 + 1
     t.consumers["video"].clear()
-    est.on_probe(ProbeResult(8_000_000, 60, 60), now + 2, reached=True)
+    # a probe through at about the capacity (not slowed by 3 %) measured it again, higher by
+    # a little: the bound stays, raised to it (forgetting it let AIMD run to 935 kbit/s on an
+    # 800 kbit/s link and overflow it)
+    est.on_probe(ProbeResult(5_200_000, 60, 60), now + 1.5, reached=True)
+    assert est.capacity_bps == 5_200_000
+    est.delay_bps = est.loss_bps = 7_000_000
+    assert abs(est.estimate - CAPACITY_SHARE * 5_200_000) < 1
+    est.on_probe(ProbeResult(8_000_000, 60, 60), now + 2, reached=True)  # clearly above: the link changed
     assert est.capacity_bps == 0 and abs(est.estimate - 8_000_000) < 1
     # a measurement not repeated for minutes is forgotten at the next feedback
     est.on_probe(ProbeResult(4_750_000, 60, 60), now + 3, reached=True, capacity=5_000_000)
