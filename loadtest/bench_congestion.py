@@ -271,6 +271,11 @@ async def _one_cap(url: str, tokens, cap: float, steady_s: float) -> dict:
             "fps": round(len(window) / max(1e-6, t1 - t0), 1),
             "climb_back_s": round(climb, 2) if climb is not None else None,
             "thumbnail_fps": thumb_fps,
+            # when, in the steady window (s from its start, wall clock), for reading next to the
+            # server's debug log: each stage switch (from size, to size) and each freeze (gap s)
+            "switch_at": [(round(b[0] - t0, 2), a[1], b[1]) for a, b in zip(window, window[1:]) if a[1] != b[1]],
+            "freeze_at": [(round(a[0] - t0, 2), round(b[0] - a[0], 2)) for a, b in zip(window, window[1:]) if b[0] - a[0] > 0.5],
+            "window_start": time.strftime("%H:%M:%S", time.localtime(time.time() - (time.monotonic() - t0))),
         }
     finally:
         stop.set()

@@ -211,6 +211,7 @@ class StreamAllocator:
         self.pacer_congested = False
         self.audio_bps = 0.0
         self.link_capacity = 0.0  # the last capacity a probe measured (0: none since the link changed)
+        self.changed_at = 0.0  # when a probe last got through clearly above a measured capacity
         # Cap set by the hub's EgressBudget (media/budget.py) while the server's own uplink
         # is short: slot -> highest layer allowed (-1: paused); None: no cap.
         self.limits: Optional[dict["Consumer", int]] = None
@@ -273,6 +274,12 @@ class StreamAllocator:
                 room.take(0.0, mean, peak - mean)
         return -room.free
 
+    def near_limit(self, now: float) -> bool:
+        """The link's limit was met lately: a decrease in the last NEAR_LIMIT_S, and none of it
+        before a probe showed the link changed (got through clearly above its capacity)."""
+        last = self.transport.estimator.last_decrease
+        return now - last < NEAR_LIMIT_S and last > self.changed_at
+
     @staticmethod
     def current(c: "Consumer") -> Step:
         return (c.layer, c.temporal) if not c.paused and c.layer >= 0 else PAUSED
@@ -324,7 +331,7 @@ class StreamAllocator:
         down = self._plan(budget, consumers, keep=0.0 if unproven or not lossy else 0.8, limits=limits)
         up = self._plan(budget / UPGRADE_MARGIN, consumers, limits=limits)
         new_layers = {c: up[c] for c in consumers if up[c][0] > self.current(c)[0] >= 0}
-        near_limit = now - t.estimator.last_decrease < NEAR_LIMIT_S  # the link's limit was met lately
+        near_limit = self.near_limit(now)
         repeats_failure = bool(self.failed_bps) and self._cost(up) + audio >= 0.95 * self.failed_bps
         if new_layers and (repeats_failure or (near_limit and self._cost(up) + SPATIAL_UPGRADE_EXTRA * self._cost(new_layers) > budget)):
             # a new spatial layer starts with a keyframe burst: it needs more headroom than a
@@ -619,7 +626,13 @@ class StreamAllocator:
             # failed), so a lifted 800 kbit/s cap had to show 3.6 Mbit/s before the caution
             # went, and the climb back took 10.6-13.8 s; 1.25 x a measured capacity cannot
             # come through a link that still has it
-            changed = changed or bool(measured and rate > 1.25 * measured)
+            above_capacity = bool(measured and rate > 1.25 * measured)
+            if above_capacity:
+                # the limit that was met is gone: the decreases it caused no longer say the
+                # link is near its limit (the climb after a lifted 800 kbit/s cap waited 4 s
+                # for 720p on the headroom a spatial step needs near one, at 1.5 s a step)
+                self.changed_at = now
+            changed = changed or above_capacity
             if changed:
                 self.link_capacity = 0.0
                 # far more than what was sent, or than what an upgrade failed at: the link has
@@ -630,7 +643,7 @@ class StreamAllocator:
                 # a cluster that arrived at 1.5x what is sent is no token bucket's burst
                 # (its tail is read at the bucket's rate): the next upgrade need not wait out
                 # the full hold, which would only add seconds to every step of a climb
-                if now - self.transport.estimator.last_decrease > NEAR_LIMIT_S:
+                if not self.near_limit(now):
                     # and only away from a limit met lately: near one, the keyframe burst of
                     # a quick spatial step is what overflows the link's queue
                     self.quick_until = now + QUICK_UPGRADE_WINDOW_S

@@ -286,5 +286,9 @@ def test_a_probe_well_above_the_measured_capacity_forgets_a_failure() -> None:
     a.probe = {"target": 3_000_000, "start": now - 0.3, "first": first, "last": first + n - 1, "sent": n * size,
                "ticks": 10, "ceiling": 0.0, "end_seq": first + n, "done": now - 0.1}
     gap = size * 8 / 3_000_000
+    a.transport.estimator.last_decrease = now - 5  # the cap's cuts, seconds ago
+    assert a.near_limit(now)
     a.on_feedback([(first + k, now - 0.3 + k * gap, size, now - 0.25 + k * gap) for k in range(n)], now)
     assert a.failed_bps == 0 and a.hold_until == 0 and a.link_capacity == 0
+    # the limit those cuts met is gone: spatial steps need no extra headroom, upgrades a short hold
+    assert not a.near_limit(now) and a.quick_until > now
