@@ -36,6 +36,11 @@ LOSS_HIGH = 0.10
 GROUP_S = 0.005  # send-time burst that forms one packet group (libwebrtc's kBurstDeltaThresholdMs)
 APP_LIMITED = 0.7  # sending below this share of the estimate: the link's limit was not reached
 DECREASE_MIN_S = 0.2  # over-use cuts at most this often (libwebrtc: one RTT, at most 200 ms)
+# ... and only once this many packet groups sent after the last cut are in the trendline: its
+# 20-group window spans ~0.6 s at 300 kbit/s (one packet a group), so a cut 0.2 s after the
+# last one was judged on the groups that caused that one, and every cut of the same burst
+# compounded (300 -> 117 kbit/s in a second while sending half the link; a few ms at Mbit/s)
+FRESH_GROUPS = 10
 CAPACITY_TTL_S = 300.0  # a link's measured capacity is trusted this long without a new probe
 CAPACITY_CLEAR = 1.1  # a probe through at this x the measured capacity says the link changed
 CAPACITY_SHARE = 0.95  # the estimate and the pacer stay below this share of it (a margin for bursts)
@@ -180,6 +185,7 @@ class BandwidthEstimator:
         self._prev_send = -1.0
         self._prev_arrival = 0.0
         self._last_cut = 0.0
+        self._fresh_groups = FRESH_GROUPS  # packet groups sent since the last cut
         self.delay_bps = float(start_bps)
         self.loss_bps = float(start_bps)
         self.remb_bps: Optional[float] = None
@@ -242,6 +248,8 @@ class BandwidthEstimator:
                             (g_arrival - self._prev_arrival) * 1000.0, (g_send - ps) * 1000.0, g_arrival * 1000.0
                         )
                     self._prev_send, self._prev_arrival = g_send, g_arrival
+                    if g_send > self._last_cut:
+                        self._fresh_groups += 1
                 g_first = g_send = send
                 g_arrival = arrival
             else:
@@ -273,9 +281,12 @@ class BandwidthEstimator:
         if state == OVERUSING:
             if acked is None:
                 return  # nothing measured yet to cut relative to
-            if now - self._last_cut < DECREASE_MIN_S and (acked is None or acked > 0.5 * before):
+            if (now - self._last_cut < DECREASE_MIN_S or self._fresh_groups < FRESH_GROUPS) and (
+                acked is None or acked > 0.5 * before
+            ):
                 return
             self._last_cut = now
+            self._fresh_groups = 0
         if state == OVERUSING and acked < APP_LIMITED * before:
             # over-use while sending well below the estimate comes from a burst (a keyframe, a
             # probe's tail), not from the rate: one step down, not a collapse to the acked rate

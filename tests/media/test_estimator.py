@@ -292,3 +292,35 @@ def test_a_probe_well_above_the_measured_capacity_forgets_a_failure() -> None:
     assert a.failed_bps == 0 and a.hold_until == 0 and a.link_capacity == 0
     # the limit those cuts met is gone: spatial steps need no extra headroom, upgrades a short hold
     assert not a.near_limit(now) and a.quick_until > now
+
+
+def test_an_over_use_cut_waits_for_groups_sent_after_the_last_one() -> None:
+    """At 300 kbit/s a packet is a group and the trendline's 20 groups span ~0.6 s: a second
+    cut 0.2 s after the first was judged on the very groups that caused the first, and the
+    cuts of one burst compounded (300 -> 117 kbit/s in a second, sending half the link). A
+    queue that goes on building is still cut again, once FRESH_GROUPS groups sent after the
+    first cut show it."""
+    from media.estimator import FRESH_GROUPS
+
+    now0 = 1000.0
+    est = BandwidthEstimator(now0, start_bps=300_000)
+    est.mode = "twcc"
+    gap = 0.032  # a 1000-byte packet every 32 ms: 250 kbit/s, one group each
+    pending: list[tuple[float, int, float]] = []
+    cuts: list[float] = []
+    delay, fed, prev = 0.02, now0, est.delay_bps
+    for k in range(190):
+        t = now0 + k * gap
+        if 60 <= k < 100:
+            delay += 0.0015  # a queue builds for 1.3 s
+        pending.append((t, 1000, t + delay))
+        if t - fed >= 0.1:  # transport-cc feedback every ~100 ms
+            fed = t
+            ready = [p for p in pending if p[2] <= t]
+            pending = [p for p in pending if p[2] > t]
+            est.on_feedback(ready, t)
+            if est.delay_bps < 0.99 * prev:
+                cuts.append(t)
+            prev = est.delay_bps
+    assert len(cuts) >= 2  # the queue built long enough to be cut twice
+    assert all(b - a >= FRESH_GROUPS * gap for a, b in zip(cuts, cuts[1:])), cuts
