@@ -15,6 +15,7 @@ then SRTP and sendto through the transport.
 
 from __future__ import annotations
 
+import logging
 import random
 import struct
 import time
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING, Optional
 from . import rtcp
 from .fastpath import NATIVE, ConsumerCore
 from .rtp import RtpInfo
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .producer import Producer, RecvStream
@@ -297,6 +300,10 @@ class Consumer(ConsumerCore):
             if info.vp8_tl0_off >= 0:
                 self.tl0_off = (self.last_tl0 + 1 - info.data[info.vp8_tl0_off]) & 0xFF
             self.switches += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            # how long the slot waited for this keyframe: what a freeze at a switch is made of
+            logger.debug("slot %s of %s: switched to layer %s after %.2f s", self.mid, self.transport.participant_id,
+                         getattr(stream, "layer", "?"), now - self.target_since if self.target_since else 0.0)
         self._switch_seq = (info.seq + self.seq_off) & 0xFFFF
         self._guard = SWITCH_GUARD
         self.last_src = (info.seq - 1) & 0xFFFF

@@ -336,6 +336,8 @@ class RecvStream:
         else:
             return False
         self.producer.keyframe_requests += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("keyframe asked of %s layer %s (ssrc %08x)", t.participant_id, self.layer, self.ssrc)
         return True
 
     def close(self) -> None:
