@@ -398,15 +398,24 @@ class SyntheticSite:
 
     @staticmethod
     def _skip_missing(receiver) -> None:
-        """Move aiortc's jitter buffer past a hole of packets that will never arrive."""
+        """Move aiortc's jitter buffer past the holes of packets that will never arrive.
+
+        Every hole, not the first only: after a burst of loss (a link capped under what it
+        was sent: 60 % lost for half a second) the buffer holds dozens, and one per watchdog
+        tick (0.25 s) froze the picture 5 s where libwebrtc's frame buffer drops every frame
+        it cannot complete once its NACKs time out and decodes from the next keyframe."""
         jb = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
-        if jb is None or jb._origin is None:
+        if jb is None:
             return
-        cap = jb.capacity
-        present = [jb._packets[(jb._origin + k) % cap] is not None for k in range(cap)]
-        hole = present.index(False) if False in present else cap  # first missing packet
-        after = next((k for k in range(hole, cap) if present[k]), None)  # first one after it
-        if after is not None:
+        for _ in range(jb.capacity):
+            if jb._origin is None:
+                return
+            cap = jb.capacity
+            present = [jb._packets[(jb._origin + k) % cap] is not None for k in range(cap)]
+            hole = present.index(False) if False in present else cap  # first missing packet
+            after = next((k for k in range(hole, cap) if present[k]), None)  # first one after it
+            if after is None:
+                return
             jb.remove(after)  # drop the frame the hole cut, and the hole
 
     async def _route_rtx(self) -> None:
