@@ -41,6 +41,7 @@ DECREASE_MIN_S = 0.2  # over-use cuts at most this often (libwebrtc: one RTT, at
 # last one was judged on the groups that caused that one, and every cut of the same burst
 # compounded (300 -> 117 kbit/s in a second while sending half the link; a few ms at Mbit/s)
 FRESH_GROUPS = 10
+ACKED_RECENT_S = 0.5  # the received rate a loss cut is taken from is read over this
 CAPACITY_TTL_S = 300.0  # a link's measured capacity is trusted this long without a new probe
 CAPACITY_CLEAR = 1.1  # a probe through at this x the measured capacity says the link changed
 CAPACITY_SHARE = 0.95  # the estimate and the pacer stay below this share of it (a margin for bursts)
@@ -197,6 +198,7 @@ class BandwidthEstimator:
         self.last_decrease = 0.0
         self.overusing = False
         self.acked_bps = 0.0
+        self.acked_recent_bps = 0.0  # over ACKED_RECENT_S: what a loss cut starts from
         self.probe_window = (0.0, -1.0)  # send times of the current/last probe cluster (+ tail)
         self.probed = False
         # what the bottleneck delivered when a probe saturated it (0: unknown). The pacer
@@ -265,6 +267,17 @@ class BandwidthEstimator:
             span = g_arrival - acked[0][0]
             if span > 0.2:
                 self.acked_bps = (self._acked_sum - acked[0][1]) * 8 / span
+            # the same over the last half second, for loss cuts: when a link shrinks under
+            # what it is sent, a second's average still holds the old rate, and cuts from it
+            # came down in steps (720p -> 360p -> 180p, 3-5 s to settle at 800 kbit/s)
+            recent, first = 0, None
+            for arrival, size in reversed(acked):
+                if g_arrival - arrival > ACKED_RECENT_S:
+                    break
+                recent += size
+                first = (arrival, size)
+            if first is not None and g_arrival - first[0] > 0.2:
+                self.acked_recent_bps = (recent - first[1]) * 8 / (g_arrival - first[0])
         self.overusing = state == OVERUSING
         self._update_rate(state, now)
         if got + lost:
@@ -382,7 +395,7 @@ class BandwidthEstimator:
         elif self.loss > LOSS_HIGH and now - self._last_loss_decrease > 0.3:
             # cut relative to what actually got through, not to the previous estimate:
             # repeated cuts of the estimate over one loss episode would overshoot downward
-            base = self.acked_bps if self.acked_bps > 0 else self.loss_bps
+            base = self.acked_recent_bps or self.acked_bps or self.loss_bps
             self.loss_bps = max(MIN_BPS, min(self.loss_bps, base * (1 - 0.5 * self.loss)))
             self._last_loss_decrease = now
             self.last_decrease = now

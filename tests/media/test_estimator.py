@@ -324,3 +324,28 @@ def test_an_over_use_cut_waits_for_groups_sent_after_the_last_one() -> None:
             prev = est.delay_bps
     assert len(cuts) >= 2  # the queue built long enough to be cut twice
     assert all(b - a >= FRESH_GROUPS * gap for a, b in zip(cuts, cuts[1:])), cuts
+
+
+def test_a_loss_cut_starts_from_what_got_through_lately() -> None:
+    """A link capped at 800 kbit/s under 3 Mbit/s of media: the loss cut is taken from the
+    rate received over the last half second, not a second's average that still holds the old
+    rate. From the second's average the estimate came down in steps (2.5, 1.4, 0.8 Mbit/s),
+    and the stage went 720p -> 360p -> 180p, 3-5 s to settle; now it is under the cap in 0.5 s."""
+    now0 = 1000.0
+    est = BandwidthEstimator(now0, start_bps=3_000_000)
+    est.mode = "twcc"
+    pending: list = []
+    fed = now0
+    under_cap_at = None
+    for k in range(int(4.5 / 0.004)):
+        t = now0 + k * 0.004  # 1500-byte packets every 4 ms: 3 Mbit/s
+        lost = t >= now0 + 3.0 and k % 15 >= 4  # from 3 s on, 4 of 15 get through: 800 kbit/s
+        pending.append((t, 1500, None if lost else t + 0.02))
+        if t - fed >= 0.1:
+            fed = t
+            est.on_feedback(pending, t)
+            pending = []
+            if t >= now0 + 3.0 and under_cap_at is None and est.estimate < 800_000:
+                under_cap_at = t - (now0 + 3.0)
+    assert under_cap_at is not None and under_cap_at <= 0.5, under_cap_at
+    assert est.estimate > 400_000  # cut from what got through, not collapsed
