@@ -392,13 +392,17 @@ class BandwidthEstimator:
             # follow the delay estimate upward at GCC's pace; never run far ahead of it
             ceiling = self.delay_bps if self.mode == "twcc" else max(self.delay_bps, self.remb_bps or 0.0)
             self.loss_bps = min(self.loss_bps * math.pow(1.08, dt) + 1000 * dt, max(ceiling, self.loss_bps))
-        elif self.loss > LOSS_HIGH and now - self._last_loss_decrease > 0.3:
+        elif self.loss > LOSS_HIGH and total >= 20 and now - self._last_loss_decrease > 0.3:
             # cut relative to what actually got through, not to the previous estimate:
             # repeated cuts of the estimate over one loss episode would overshoot downward
             base = self.acked_recent_bps or self.acked_bps or self.loss_bps
             self.loss_bps = max(MIN_BPS, min(self.loss_bps, base * (1 - 0.5 * self.loss)))
             self._last_loss_decrease = now
             self.last_decrease = now
+            # the next cut only on loss reported after this one: the window still holds the
+            # loss that caused it, and a second cut from it, taken from the lower rate sent
+            # since, overshot (2 Mbit/s: the stage went to 180p and back to 360p)
+            self._loss_window.clear()
 
     # ---------------------------------------------------------------- output
 

@@ -349,3 +349,34 @@ def test_a_loss_cut_starts_from_what_got_through_lately() -> None:
                 under_cap_at = t - (now0 + 3.0)
     assert under_cap_at is not None and under_cap_at <= 0.5, under_cap_at
     assert est.estimate > 400_000  # cut from what got through, not collapsed
+
+
+def test_a_loss_cut_is_not_repeated_on_the_loss_that_caused_it() -> None:
+    """A sender that follows the estimate into a link capped at 300 kbit/s: after the first
+    loss cut the half-second loss window still holds the loss that caused it, and a second
+    cut from it, taken from the lower rate sent since, overshot to 68 kbit/s. The next cut
+    waits for loss reported after the last one."""
+    now0 = 1000.0
+    cap, start = 300_000, 3_000_000
+    est = BandwidthEstimator(now0, start_bps=start)
+    est.mode = "twcc"
+    t, fed, credit, rate = now0, now0, 0.0, float(start)
+    pending: list = []
+    lowest = float("inf")
+    while t < now0 + 6.0:
+        t += 1200 * 8 / rate
+        ok = True
+        if t >= now0 + 2.0:  # the cap: a fluid link with a 3 kB bucket
+            credit = min(credit + 1200 * cap / rate, 3000.0)
+            ok = credit >= 1200
+            if ok:
+                credit -= 1200
+        pending.append((t, 1200, t + 0.02 if ok else None))
+        if t - fed >= 0.1:
+            fed = t
+            est.on_feedback(pending, t)
+            pending = []
+            rate = max(100_000.0, min(float(start), est.estimate))
+            if t >= now0 + 2.5:
+                lowest = min(lowest, est.estimate)
+    assert lowest >= 0.5 * cap, lowest
