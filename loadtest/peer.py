@@ -38,6 +38,27 @@ from .twcc_feedback import TransportCcResponder, offer_transport_cc
 logger = logging.getLogger(__name__)
 
 
+
+def _vp8_keyframe_start(payload: bytes) -> bool:
+    """The first packet of a VP8 keyframe (RFC 7741: S=1, partition 0, P=0 in the frame header)."""
+    if not payload or not payload[0] & 0x10 or payload[0] & 0x07:
+        return False
+    i = 1
+    if payload[0] & 0x80:  # X: extension byte
+        if len(payload) < 2:
+            return False
+        ext = payload[1]
+        i = 2
+        if ext & 0x80:  # I: PictureID, 7 or 15 bits
+            if len(payload) <= i:
+                return False
+            i += 2 if payload[i] & 0x80 else 1
+        if ext & 0x40:  # L: TL0PICIDX
+            i += 1
+        if ext & 0x30:  # T or K: TID/Y/KEYIDX
+            i += 1
+    return len(payload) > i and not payload[i] & 0x01
+
 class PatternVideoTrack(VideoStreamTrack):
     """A moving test pattern at a fixed frame rate (aiortc encodes it: client side only)."""
 
@@ -381,6 +402,10 @@ class SyntheticSite:
                     if t.kind != "video" or rec is None or tracker is None or tracker.highest is None:
                         continue
                     st = state.setdefault(t.mid, [rec.frames, tracker.highest, now, 0.0])
+                    # a complete keyframe past a hole is decoded at once (libwebrtc's frame
+                    # buffer drops the older frames it cannot complete): the switch to a lower
+                    # layer behind a loss burst showed 3-7 s late without this
+                    self._jump_to_keyframe(t.receiver)
                     if rec.frames != st[0] or tracker.highest == st[1]:
                         st[0], st[1], st[2] = rec.frames, tracker.highest, now  # decoding, or idle
                         continue
@@ -395,6 +420,25 @@ class SyntheticSite:
                             await r._send_rtcp_pli(ssrc)
         except (asyncio.CancelledError, ConnectionError):
             pass
+
+    @staticmethod
+    def _jump_to_keyframe(receiver) -> None:
+        """Move aiortc's jitter buffer to the last VP8 keyframe that has a hole before it."""
+        jb = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        if jb is None or jb._origin is None:
+            return
+        cap = jb.capacity
+        packets = [jb._packets[(jb._origin + k) % cap] for k in range(cap)]
+        if None not in packets:
+            return
+        hole = packets.index(None)
+        target = None
+        for k in range(hole + 1, cap):
+            p = packets[k]
+            if p is not None and _vp8_keyframe_start(p.payload):
+                target = k
+        if target is not None:
+            jb.remove(target)
 
     @staticmethod
     def _skip_missing(receiver) -> None:

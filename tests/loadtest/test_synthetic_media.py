@@ -406,3 +406,41 @@ def test_the_freeze_watchdog_skips_every_hole_the_jitter_buffer_waits_on():
     assert jb._origin == last_hole + 1  # past every hole, at the first packet after the last one
     SyntheticSite._skip_missing(rx)  # nothing left to skip
     assert jb._origin == last_hole + 1
+
+
+def test_the_watchdog_jumps_to_a_keyframe_past_a_hole():
+    """A complete keyframe behind a hole is decoded at once, as libwebrtc's frame buffer drops
+    the older frames it cannot complete: the synthetic receiver showed a switch to a lower
+    layer 3-7 s after the SFU made it, waiting on holes a loss burst left before it."""
+    from aiortc.jitterbuffer import JitterBuffer
+    from aiortc.rtp import RtpPacket
+
+    from loadtest.peer import SyntheticSite, _vp8_keyframe_start
+
+    desc = bytes([0x90, 0xE0, 0x80, 0x01, 0x00, 0x20])  # X, S, partition 0; I (15-bit), L, T
+    key, delta, middle = desc + b"\x10\x02\x00", desc + b"\x11\x02\x00", bytes([0x80, 0xE0, 0x80, 0x01, 0x00, 0x20]) + b"\x00"
+    assert _vp8_keyframe_start(key) and not _vp8_keyframe_start(delta) and not _vp8_keyframe_start(middle)
+    assert _vp8_keyframe_start(b"\x10\x10\x02") and not _vp8_keyframe_start(b"\x00\x10")  # no X byte
+
+    class _Receiver:
+        pass
+
+    rx = _Receiver()
+    jb = JitterBuffer(capacity=128, is_video=True)
+    rx._RTCRtpReceiver__jitter_buffer = jb  # type: ignore[attr-defined]
+
+    def add(seq: int, ts: int, payload: bytes) -> None:
+        packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=ts, payload=payload)
+        packet._data = payload[6:]  # what aiortc's receiver sets (the depayloaded bytes)
+        jb.add(packet)
+
+    add(10, 1000, delta)  # an old frame, its end lost (11)...
+    add(12, 2000, delta)  # ...another one, then a hole at 13-14...
+    add(15, 3000, delta)
+    add(17, 4000, key)  # ...another at 16, then the new layer's keyframe
+    add(18, 4000, middle)
+    assert jb._origin == 10  # aiortc waits on the holes
+    SyntheticSite._jump_to_keyframe(rx)
+    assert jb._origin == 17
+    SyntheticSite._jump_to_keyframe(rx)  # no hole before it any more: nothing moves
+    assert jb._origin == 17
