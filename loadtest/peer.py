@@ -38,7 +38,6 @@ from .twcc_feedback import TransportCcResponder, offer_transport_cc
 logger = logging.getLogger(__name__)
 
 
-
 def _vp8_keyframe_start(payload: bytes) -> bool:
     """The first packet of a VP8 keyframe (RFC 7741: S=1, partition 0, P=0 in the frame header)."""
     if not payload or not payload[0] & 0x10 or payload[0] & 0x07:
@@ -58,6 +57,7 @@ def _vp8_keyframe_start(payload: bytes) -> bool:
         if ext & 0x30:  # T or K: TID/Y/KEYIDX
             i += 1
     return len(payload) > i and not payload[i] & 0x01
+
 
 class PatternVideoTrack(VideoStreamTrack):
     """A moving test pattern at a fixed frame rate (aiortc encodes it: client side only)."""
