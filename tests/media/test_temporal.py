@@ -296,3 +296,31 @@ async def test_no_retransmission_behind_a_full_pacer_and_no_second_copy_while_th
         assert c.retransmits == 2 and c.rtx_refused == 3
     finally:
         await t.pc.close()
+
+
+async def test_a_paused_slot_takes_its_queued_packets_back_from_the_pacer():
+    """Thumbnails paused at a cap with their packets still in the pacer held the link for
+    ~2 s at the cut estimate, and the stage's lower layer waited behind them. Pausing takes
+    the slot's packets back (as a congestion drop does): the queue keeps only other slots'."""
+    from media.transport import MediaSettings, WebRtcTransport
+
+    t = WebRtcTransport(None, "site", MediaSettings())  # type: ignore[arg-type]
+    try:
+        thumb = Consumer(t, "video", 1, "1", 0xAAAA, 100, 90000, None, None)
+        stage = Consumer(t, "video", 0, "0", 0xBBBB, 100, 90000, None, None)
+        a, b = _Layer(0), _Layer(0)
+        thumb.source, stage.source = a, b  # type: ignore[assignment]
+        a.sinks.append(thumb)
+        b.sinks.append(stage)
+        t.set_pacing(80_000)  # one packet goes out, the rest waits
+        for c, layer, seed in ((thumb, a, 1), (stage, b, 2)):
+            for packets in _frames(10, random.Random(seed)):
+                for _tid, data in packets:
+                    c.write(_info(data), layer, 0.0)  # type: ignore[arg-type]
+        ssrcs = lambda: {bytes(p)[8:12] for p, _, _ in t._pace_queue}  # noqa: E731
+        assert ssrcs() == {(0xAAAA).to_bytes(4, "big"), (0xBBBB).to_bytes(4, "big")}
+        thumb.pause()
+        assert ssrcs() == {(0xBBBB).to_bytes(4, "big")}
+        assert t._pace_queued_bytes == sum(len(p) for p, _, _ in t._pace_queue)
+    finally:
+        await t.pc.close()
