@@ -30,7 +30,7 @@ from aiortc import (
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from av import AudioFrame, VideoFrame
 
-from media import network
+from media import network, vp8
 
 from .shaper import LinkImpairment
 from .twcc_feedback import TransportCcResponder, offer_transport_cc
@@ -42,21 +42,14 @@ def _vp8_keyframe_start(payload: bytes) -> bool:
     """The first packet of a VP8 keyframe (RFC 7741: S=1, partition 0, P=0 in the frame header)."""
     if not payload or not payload[0] & 0x10 or payload[0] & 0x07:
         return False
-    i = 1
-    if payload[0] & 0x80:  # X: extension byte
-        if len(payload) < 2:
-            return False
-        ext = payload[1]
-        i = 2
-        if ext & 0x80:  # I: PictureID, 7 or 15 bits
-            if len(payload) <= i:
-                return False
-            i += 2 if payload[i] & 0x80 else 1
-        if ext & 0x40:  # L: TL0PICIDX
-            i += 1
-        if ext & 0x30:  # T or K: TID/Y/KEYIDX
-            i += 1
-    return len(payload) > i and not payload[i] & 0x01
+    n = vp8.descriptor_length(payload, 0, len(payload))
+    return 0 < n < len(payload) and not payload[n] & 0x01
+
+
+def _buffered(jb) -> list:
+    """aiortc's jitter buffer from its origin: the packet at each sequence number, or None."""
+    cap = jb.capacity
+    return [jb._packets[(jb._origin + k) % cap] for k in range(cap)]
 
 
 class PatternVideoTrack(VideoStreamTrack):
@@ -427,13 +420,12 @@ class SyntheticSite:
         jb = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
         if jb is None or jb._origin is None:
             return
-        cap = jb.capacity
-        packets = [jb._packets[(jb._origin + k) % cap] for k in range(cap)]
+        packets = _buffered(jb)
         if None not in packets:
             return
         hole = packets.index(None)
         target = None
-        for k in range(hole + 1, cap):
+        for k in range(hole + 1, len(packets)):
             p = packets[k]
             if p is not None and _vp8_keyframe_start(p.payload):
                 target = k
@@ -449,18 +441,13 @@ class SyntheticSite:
         tick (0.25 s) froze the picture 5 s where libwebrtc's frame buffer drops every frame
         it cannot complete once its NACKs time out and decodes from the next keyframe."""
         jb = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
-        if jb is None:
+        if jb is None or jb._origin is None:
             return
-        for _ in range(jb.capacity):
-            if jb._origin is None:
-                return
-            cap = jb.capacity
-            present = [jb._packets[(jb._origin + k) % cap] is not None for k in range(cap)]
-            hole = present.index(False) if False in present else cap  # first missing packet
-            after = next((k for k in range(hole, cap) if present[k]), None)  # first one after it
-            if after is None:
-                return
-            jb.remove(after)  # drop the frame the hole cut, and the hole
+        packets = _buffered(jb)
+        # the first packet after the last hole: the frames the holes cut go with them
+        after = next((k for k in range(len(packets) - 1, 0, -1) if packets[k] is not None and packets[k - 1] is None), None)
+        if after is not None:
+            jb.remove(after)
 
     async def _route_rtx(self) -> None:
         """Work around aiortc's client-side BUNDLE routing of RTX.
