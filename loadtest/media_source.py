@@ -472,7 +472,8 @@ def _encode_layer(spec: LayerSpec, params: dict) -> LayerMedia:
                         if packet.is_keyframe and tid:
                             raise RuntimeError("a keyframe off the temporal base layer")
                         # the second TID 2 frame of the pattern references the TID 1 frame
-                        frames[i] = EncodedFrame(bool(packet.is_keyframe), _packetize(data, tid, pos != 3), len(data), tid)
+                        sync = not temporal or pos != 3
+                        frames[i] = EncodedFrame(bool(packet.is_keyframe), _packetize(data, tid, sync), len(data), tid)
         for packet in ctx.encode(None):
             pass
         if any(f is None for f in frames):

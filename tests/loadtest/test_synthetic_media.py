@@ -167,6 +167,7 @@ def test_layers_are_l1t3_and_a_thinned_stream_decodes_to_the_same_pictures(tmp_p
     flat = SyntheticMedia.load(tmp_path, seconds=2.5, layers=SMALL, keyframe_interval=0.5, key_step=0.5, temporal_layers=1)
     frames = flat.layers[0].phases[0]
     assert {f.tid for f in frames} == {0}
+    assert all(f.payloads[0][5] == 0x20 for f in frames)  # TID 0, Y set: no pattern without temporal layers
     full = _decode(frames)
     thin = _decode([f for k, f in enumerate(frames) if k % 4 == 0])
     assert not all(np.array_equal(pic, full[4 * n]) for n, pic in enumerate(thin))
