@@ -112,7 +112,7 @@ static PyObject *sc_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     SendCore *t = (SendCore *)type->tp_alloc(type, 0);
     if (t == NULL) return NULL;
     t->fd = -1;
-    t->pace_burst = 1500.0;
+    t->pace_burst = 300.0;
     t->wire_overhead = 38;
     return (PyObject *)t;
 }
@@ -322,14 +322,13 @@ static int sc_send_rtp_impl(SendCore *t, PyObject *packet, long tcc_off) {
     t->pace_time = now;
     Py_ssize_t n = PyByteArray_GET_SIZE(packet);
     double w = (double)(n + t->wire_overhead);
-    double need = w < t->pace_burst ? w : t->pace_burst; /* a packet over the bucket goes when it is full, in debt */
-    if (tokens >= need) {
+    if (tokens >= 0.0) { /* out of debt: the packet goes, whatever its size, and its bytes are owed */
         t->pace_tokens = tokens - w;
         return sc_send_now_impl(t, packet, tcc_off, now);
     }
     t->pace_tokens = tokens;
     if (sc_enqueue(t, packet, tcc_off, now) < 0) return -1;
-    PyObject *delay = PyFloat_FromDouble((need - tokens) / rate);
+    PyObject *delay = PyFloat_FromDouble(-tokens / rate);
     if (delay == NULL) return -1;
     PyObject *r = PyObject_CallMethodOneArg((PyObject *)t, s_pace_schedule, delay);
     Py_DECREF(delay);
@@ -413,7 +412,7 @@ static PyObject *sc_pace_drain(SendCore *t, PyObject *unused) {
         PyObject *packet = PyTuple_GET_ITEM(head, 0);
         Py_ssize_t n = PyObject_Size(packet);
         double w = (double)(n + t->wire_overhead);
-        if (rate != 0.0 && tokens < (w < t->pace_burst ? w : t->pace_burst)) {
+        if (rate != 0.0 && tokens < 0.0) {
             Py_DECREF(head);
             break;
         }
@@ -441,13 +440,7 @@ static PyObject *sc_pace_drain(SendCore *t, PyObject *unused) {
     }
     t->pace_tokens = tokens;
     if (qlen > 0) {
-        PyObject *head = PySequence_GetItem(queue, 0);
-        if (head == NULL) goto fail;
-        Py_ssize_t n = PyTuple_Check(head) && PyTuple_GET_SIZE(head) == 3 ? PyObject_Size(PyTuple_GET_ITEM(head, 0)) : 0;
-        Py_DECREF(head);
-        if (n < 0) goto fail;
-        double w = (double)(n + t->wire_overhead);
-        PyObject *delay = PyFloat_FromDouble(((w < t->pace_burst ? w : t->pace_burst) - tokens) / rate);
+        PyObject *delay = PyFloat_FromDouble(-tokens / rate);
         if (delay == NULL) goto fail;
         r = PyObject_CallMethodOneArg((PyObject *)t, s_pace_schedule, delay);
         Py_DECREF(delay);

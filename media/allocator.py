@@ -32,6 +32,7 @@ import time
 from typing import TYPE_CHECKING, Optional
 
 from .estimator import CAPACITY_SHARE, LOSS_HIGH, LOSS_LOW, ProbeResult
+from .rtp import WIRE_UDP_IP
 
 logger = logging.getLogger(__name__)
 
@@ -502,7 +503,8 @@ class StreamAllocator:
             return
         self.last_probe = now
         self.probes += 1
-        self.probe = {"target": target, "start": now, "first": None, "last": None, "sent": 0, "ticks": 0, "ceiling": at_ceiling}
+        self.probe = {"target": target, "start": now, "first": None, "last": None, "sent": 0, "ticks": 0, "ceiling": at_ceiling,
+                      "wire0": t.bytes_out + WIRE_UDP_IP * t.packets_out}
         est.probe_window = (now, now + PROBE_DURATION_S + 0.15)
         asyncio.get_running_loop().call_soon(self._probe_tick)
 
@@ -513,9 +515,12 @@ class StreamAllocator:
             return
         now = time.monotonic()
         elapsed = now - pr["start"]
-        # bytes that should have gone out by now at the target rate, minus media already sent
-        media_bps = t.send_rate(now)
-        want = max(0.0, (pr["target"] - media_bps) * min(elapsed + PROBE_TICK_S, PROBE_DURATION_S) / 8) - pr["sent"]
+        # bytes that should have gone out by now at the target rate, less all that did since
+        # the start, media included (taken from the last second's send rate, the media share
+        # was often wrong for the probe's 100 ms: clusters aimed at 351 kbit/s went out at
+        # 210-280, too little to show a lifted cap, and the climb back waited 3 s a miss)
+        wire = t.bytes_out + WIRE_UDP_IP * t.packets_out - pr["wire0"]
+        want = pr["target"] * min(elapsed + PROBE_TICK_S, PROBE_DURATION_S) / 8 - wire
         while want > 0:
             seq, size = t.send_probe_packet(now)
             if seq is None:
@@ -571,17 +576,32 @@ class StreamAllocator:
         recv_span = by_arrival[-1][2] - by_arrival[0][2]
         if send_span <= 0.03 or recv_span <= 0.03:
             return
+        # Whether the link slowed the cluster is read from its spans alone (first to last
+        # packet sent, first to last received: the same packets through a FIFO link). The
+        # rates that libwebrtc compares (all but the last sent, all but the first received,
+        # exact for its equal-sized padding) differ by a packet for a cluster of RTX copies
+        # and audio: at 300 kbit/s a tail is 6-8 packets of 150-1200 bytes, and clusters
+        # through a lifted cap, with the same span at both ends, read 123 kbit/s sent and 286
+        # received (the ceiling "stood"), or 276 and 183 ("saturated": the estimate was cut
+        # to 173 kbit/s on an open link); the climb back took 15.8 s.
         send_rate = sum(z for _, z, _ in tail[:-1]) * 8 / send_span
-        recv_rate = sum(z for _, z, _ in by_arrival[1:]) * 8 / recv_span
-        rate = min(send_rate, recv_rate) if recv_rate >= 0.9 * send_rate else 0.95 * recv_rate
+        ratio = send_span / recv_span  # < 1: the link spread the cluster out
+        if ratio < CAPACITY_SLOWED:
+            # it came out of a queue, where each arrival is spaced by its own size
+            recv_rate = sum(z for _, z, _ in by_arrival[1:]) * 8 / recv_span
+        else:
+            recv_rate = send_rate * ratio  # passed as sent (> send_rate: it arrived bunched)
+        rate = min(send_rate, recv_rate) if ratio >= 0.9 else 0.95 * recv_rate
         # reached: the link kept up with what the cluster really sent (media around it makes
         # that differ from the target), and that was most of the target
-        reached = recv_rate >= 0.9 * send_rate and rate >= 0.75 * pr["target"]
+        reached = ratio >= 0.9 and rate >= 0.75 * pr["target"]
         if pr["ceiling"]:
             # through a token bucket's queue a probe a little over the limit still "arrives"
             # near the limit: only a rate clearly above the last failure, with nothing lost,
             # says the link changed; then that is what it measured
-            reached = recv_rate >= CEILING_CLEAR * pr["ceiling"] and len(got) >= 0.95 * expected
+            # (both ends: a cluster whose first packets queued behind media arrives bunched,
+            # 428 kbit/s "received" from 225 sent through a 300 kbit/s cap)
+            reached = min(send_rate, recv_rate) >= CEILING_CLEAR * pr["ceiling"] and len(got) >= 0.95 * expected
             if reached:
                 rate = min(send_rate, recv_rate)
         if logger.isEnabledFor(logging.DEBUG):
@@ -598,10 +618,10 @@ class StreamAllocator:
         # capped link while every ceiling probe measured 0.9 of it (the layer that fits stayed
         # out of reach), or drift above it while the media sent was too little to show it.
         complete = len(got) >= 0.95 * expected
-        saturated = complete and recv_rate < 0.9 * send_rate and not reached
+        saturated = complete and ratio < 0.9 and not reached
         # the link's capacity, for the pacer: any complete cluster the link slowed, even a
         # little (5.2 Mbit/s into a 5 Mbit/s cap comes out at 4.98: "reached", yet the cap)
-        capacity = recv_rate if complete and recv_rate < CAPACITY_SLOWED * send_rate else 0.0
+        capacity = recv_rate if complete and ratio < CAPACITY_SLOWED else 0.0
         # what the link was last measured at (the estimator forgets its bound as soon as a
         # probe gets through above it, even by 10 %; this is kept until the link is seen to change)
         measured = self.transport.estimator.capacity_bps or self.link_capacity

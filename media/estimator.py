@@ -21,6 +21,7 @@ that rate, the estimate jumps there.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ CAPACITY_CLEAR = 1.1  # a probe through at this x the measured capacity says the
 CAPACITY_SHARE = 0.95  # the estimate and the pacer stay below this share of it (a margin for bursts)
 
 NORMAL, OVERUSING, UNDERUSING = 0, 1, -1
+
+logger = logging.getLogger(__name__)
 
 
 class Trendline:
@@ -278,6 +281,14 @@ class BandwidthEstimator:
                 first = (arrival, size)
             if first is not None and g_arrival - first[0] > 0.2:
                 self.acked_recent_bps = (recent - first[1]) * 8 / (g_arrival - first[0])
+        if state == OVERUSING and not self.overusing and logger.isEnabledFor(logging.DEBUG):
+            # what the verdict was read from: the smoothed delay over the trendline's window
+            t = self._trend
+            logger.debug(
+                "over-use: trend %.4f threshold %.1f acked %.0f estimate %.0f; smoothed delay (ms) by arrival: %s",
+                t.trend, t.threshold, self.acked_bps, self.estimate,
+                " ".join(f"{x - t.points[0][0]:.0f}:{y:.1f}" for x, y in t.points),
+            )
         self.overusing = state == OVERUSING
         self._update_rate(state, now)
         if got + lost:

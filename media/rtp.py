@@ -16,6 +16,7 @@ from typing import Optional
 # (layer rates, the bandwidth estimate, probes) count it, as libwebrtc's send-side BWE does: a
 # 180p layer in 300-byte packets costs 13 % more than its payload says.
 WIRE_OVERHEAD = 38
+WIRE_UDP_IP = 28  # of that, what a sent datagram's length (SRTP bytes) does not hold
 
 # Header-extension kinds the forwarding core understands. A per-transport table maps the
 # negotiated extension id (1..14, or 1..255 for two-byte headers) to one of these.

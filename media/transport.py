@@ -583,16 +583,20 @@ class WebRtcTransport(SendCore):
     # within 2 s). Elsewhere the estimate is only a lower bound (no limit met, no probe
     # slowed): pace at 2.5x as libwebrtc does, or every frame queues behind the last
     # (pacer p99 100 ms at 1.05x, 1 ms at 1.25x and 2.5x, 16 sites on loopback).
-    # Never faster than 0.95 x a capacity a probe measured (allocator.py), and in bursts of
-    # at most 5 ms of the pacing rate: with 20 ms, a frame left at once after a pause and a
-    # 5 Mbit/s link queued it for 10-40 ms, a sawtooth GCC read as over-use every few seconds.
+    # Never faster than 0.95 x a capacity a probe measured (allocator.py). A packet leaves
+    # when the bucket is out of debt, whatever its size, and its bytes go into debt (libwebrtc's
+    # media debt); the bucket saves at most 5 ms of the rate while idle (with 20 ms, a frame
+    # left at once after a pause and a 5 Mbit/s link queued it for 10-40 ms, a sawtooth GCC
+    # read as over-use every few seconds), so a burst is that plus one packet.
     PACE_FACTOR = 1.05
     PACE_FACTOR_FREE = 2.5
     PACE_BURST_S = 0.005
-    # ... and at least one full-size packet: a larger one leaves when the bucket is full and
-    # the tokens go into debt (libwebrtc's pacer), so no packet ever waits for good. (3 KB
-    # before: at 300 kbit/s that let 80 ms of the link out at once, a sawtooth in its queue.)
-    PACE_BURST_MIN = 1500.0
+    # ... and at least 300 bytes (~8 ms at 300 kbit/s), for timer ticks that fire late. It was
+    # a full-size packet (1.5 kB) a packet had to wait for: at 300 kbit/s the savings then let
+    # a frame's two packets out 2-20 ms apart into a link that takes 30 ms for one, a queue of
+    # up to 40 ms that GCC read as over-use 4-20 times a minute with 0.5-0.7 of the link used.
+    # (3 kB before that: 80 ms of such a link at once.)
+    PACE_BURST_MIN = 300.0
     PACE_MAX_QUEUE_S = 1.0
 
     def set_pacing(self, estimate_bps: float, factor: float = PACE_FACTOR) -> None:
@@ -602,13 +606,13 @@ class WebRtcTransport(SendCore):
         self._pace_burst = max(self.PACE_BURST_MIN, self._pace_rate * self.PACE_BURST_S)
 
     def _pace_schedule(self, delay: float) -> None:
-        """Drain the queue when the head packet's tokens are there, but not sooner than half
-        of PACE_BURST_S: at a few Mbit/s a packet's tokens take under a millisecond, and a
-        timer per packet cost more than the sending (a timer a tick, a burst a tick, is what
-        libwebrtc's pacer does too). The bucket holds PACE_BURST_S of the rate or more, so
-        nothing leaves in bigger bursts than before, and a tick that fires late by up to
-        half of it still finds all its tokens (tokens beyond the bucket are lost: a tick of
-        the whole PACE_BURST_S, late on a busy loop, would pace below the rate)."""
+        """Drain the queue when the debt is paid, but not sooner than half of PACE_BURST_S:
+        at a few Mbit/s a packet's bytes are paid in under a millisecond, and a timer per
+        packet cost more than the sending (a timer a tick, a burst a tick, is what
+        libwebrtc's pacer does too). The bucket saves PACE_BURST_S of the rate or more, so a
+        tick that fires late by up to half of it still finds all its tokens (tokens beyond
+        the bucket are lost: a tick of the whole PACE_BURST_S, late on a busy loop, would
+        pace below the rate)."""
         # the loop is looked up once: asyncio.get_running_loop() makes a getpid() syscall
         # on every call, and the pacer schedules itself hundreds of times a second
         loop = self._loop
@@ -635,16 +639,14 @@ class WebRtcTransport(SendCore):
             tokens = self._pace_burst
         self._pace_time = now
         n = len(packet)
-        w = n + WIRE_OVERHEAD
-        need = w if w < self._pace_burst else self._pace_burst
-        if tokens >= need:
-            self._pace_tokens = tokens - w
+        if tokens >= 0.0:  # out of debt: it goes, whatever its size, and its bytes are owed
+            self._pace_tokens = tokens - (n + WIRE_OVERHEAD)
             self._send_now(packet, tcc_off, now)
             return
         self._pace_tokens = tokens
         queue.append((packet, tcc_off, now))
         self._pace_queued_bytes += n
-        self._pace_schedule((need - tokens) / rate)
+        self._pace_schedule(-tokens / rate)
 
     def pace_queued_bytes(self) -> int:
         return self._pace_queued_bytes
@@ -683,8 +685,7 @@ class WebRtcTransport(SendCore):
         now = time.monotonic()
         tokens = min(self._pace_burst, self._pace_tokens + (now - self._pace_time) * rate)
         self._pace_time = now
-        burst = self._pace_burst
-        while queue and tokens >= min(len(queue[0][0]) + WIRE_OVERHEAD, burst):
+        while queue and tokens >= 0.0:
             packet, tcc_off, queued = queue.popleft()
             tokens -= len(packet) + WIRE_OVERHEAD
             self._pace_queued_bytes -= len(packet)
@@ -694,7 +695,7 @@ class WebRtcTransport(SendCore):
             self.pace_waited[bisect_left(LATENCY_BOUNDS_S, wait)] += 1
         self._pace_tokens = tokens
         if queue:
-            self._pace_schedule((min(len(queue[0][0]) + WIRE_OVERHEAD, burst) - tokens) / rate)
+            self._pace_schedule(-tokens / rate)
 
     def _send_now_py(self, packet: bytearray, tcc_off: int, now: float = 0.0) -> None:
         sendto = self._sendto

@@ -380,3 +380,107 @@ def test_a_loss_cut_is_not_repeated_on_the_loss_that_caused_it() -> None:
             if t >= now0 + 2.5:
                 lowest = min(lowest, est.estimate)
     assert lowest >= 0.5 * cap, lowest
+
+
+def _probe_feedback(
+    rate_bps: float, sizes: list[int], link_bps: float, ceiling: float, now: float, bunched_s: float = 0.0
+) -> StreamAllocator:
+    """A probe cluster of these packet sizes sent at rate_bps through a FIFO link of link_bps
+    (0: not a bottleneck), scored by a fresh transport's allocator. bunched_s: the cluster
+    instead arrives evenly over that long (its first packets held up behind a queue)."""
+    from media.transport import MediaSettings, WebRtcTransport
+
+    class _Router:
+        def transport_connected(self, t) -> None: ...
+
+    t = WebRtcTransport(_Router(), "rx", MediaSettings())  # type: ignore[arg-type]
+    t.estimator.mode = "twcc"
+    a = t.allocator
+    a.ceiling = ceiling  # what the last (failed) probe found
+    first, n = 100, len(sizes)
+    a.probe = {"target": rate_bps, "start": now - 0.3, "first": first, "last": first + n - 1, "sent": sum(sizes),
+               "ticks": 10, "ceiling": ceiling, "end_seq": first + n, "done": now - 0.1}
+    results, send, free = [], now - 0.3, 0.0
+    for k, z in enumerate(sizes):
+        arrival = send + 0.005 if not link_bps else max(send, free) + z * 8 / link_bps
+        if bunched_s:
+            arrival = now - 0.3 + sum(sizes) * 8 / rate_bps + k * bunched_s / (n - 1)
+        free = arrival
+        results.append((first + k, send, z, arrival))
+        send += z * 8 / rate_bps
+    a.on_feedback(results, now)
+    return a
+
+
+def test_a_probe_of_mixed_packet_sizes_reads_the_same_at_both_ends() -> None:
+    """A probe at 300 kbit/s is a handful of RTX copies (~1200 bytes) and audio (~150). Read
+    as all but the last sent and all but the first received, a cluster the link did not slow
+    at all read 276 kbit/s sent and 183 received: "saturated", the estimate was cut to 173
+    kbit/s on a link whose cap had just been lifted, and the climb back took 15.8 s. Both ends
+    are now read alike; a real bottleneck is still measured."""
+    now = time.monotonic()
+    sizes = [1200, 150, 150, 1200, 150, 1200, 150, 150, 1200, 150]
+    # through an open link, after a failed ceiling probe at 280 kbit/s: it clears the ceiling
+    a = _probe_feedback(350_000, sizes, 0.0, 280_000, now)
+    assert a.ceiling == 0.0 and a.transport.estimator.capacity_bps == 0.0, a.last_probe_result
+    # ... and without a ceiling it is no measurement of a bottleneck either
+    a = _probe_feedback(350_000, list(reversed(sizes)), 0.0, 0.0, now)
+    assert a.transport.estimator.capacity_bps == 0.0 and a.probe_successes == 1, a.last_probe_result
+    # sent at 225 kbit/s, arrived bunched (428 "received"): no proof that a 280 kbit/s ceiling went
+    a = _probe_feedback(225_000, sizes, 0.0, 280_000, now, bunched_s=0.06)
+    assert a.ceiling == 280_000, a.last_probe_result
+    # through a 300 kbit/s bottleneck it measures 300 kbit/s
+    a = _probe_feedback(450_000, sizes, 300_000, 0.0, now)
+    cap = a.transport.estimator.capacity_bps
+    assert 0.97 * 300_000 <= cap <= 1.03 * 300_000, cap
+
+
+async def test_a_probe_cluster_goes_out_at_its_target_whatever_the_media_did_lately() -> None:
+    """The probe's padding was its target less the last second's send rate. When the media in
+    the probe's 100 ms was less than that average (a link that had just shrunk, a quiet
+    moment), clusters aimed at 351 kbit/s left at 210-280: too little to show a lifted 300
+    kbit/s cap, and the climb back waited 3 s for the next probe. Now everything sent since
+    the cluster began, media included, counts against its target."""
+    import asyncio
+
+    from media.allocator import PROBE_DURATION_S
+
+    class _Hist:
+        seq = 0
+
+    class _Wire:
+        """What the allocator reads of a transport while probing: counters and a probe sender."""
+
+        closed = False
+
+        def __init__(self) -> None:
+            self.bytes_out = 0
+            self.packets_out = 0
+            self.twcc_history = _Hist()
+
+        def send_rate(self, now: float) -> float:
+            return 300_000.0  # a second's average, from before the link got quieter
+
+        def send_probe_packet(self, now: float) -> tuple[int, int]:
+            seq = self.twcc_history.seq
+            self.twcc_history.seq += 1
+            self.bytes_out += 1200 - 28
+            self.packets_out += 1
+            return seq, 1200
+
+    wire = _Wire()
+    a = StreamAllocator.__new__(StreamAllocator)
+    a.transport = wire  # type: ignore[assignment]
+    target = 350_000
+    a.probe = {"target": target, "start": time.monotonic(), "first": None, "last": None, "sent": 0, "ticks": 0,
+               "ceiling": 0.0, "wire0": 0}
+    a._probe_tick()
+    t0 = time.monotonic()
+    while "done" not in a.probe and time.monotonic() - t0 < 1.0:
+        await asyncio.sleep(0.01)
+        wire.bytes_out += 100_000 // 8 // 100 - 28  # the media meanwhile: 100 kbit/s
+        wire.packets_out += 1
+    sent = wire.bytes_out + 28 * wire.packets_out
+    elapsed = a.probe["done"] - a.probe["start"]
+    # what left over the cluster is its target (to a packet), not the target less 300 kbit/s
+    assert sent * 8 / max(elapsed, PROBE_DURATION_S) >= 0.8 * target, (sent, elapsed)

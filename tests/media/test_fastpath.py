@@ -17,6 +17,7 @@ import os
 import random
 import socket
 import struct
+import time
 
 import pytest
 from pylibsrtp import Policy, Session
@@ -286,10 +287,10 @@ def test_offsets_outside_the_packet_raise_and_never_write_out_of_bounds():
 
 @pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
 async def test_the_pacer_lets_one_packet_out_at_a_time_on_a_slow_link_and_never_holds_a_large_one(native: bool):
-    """At 300 kbit/s the bucket holds one full-size packet (1.5 kB), not 3 kB: 3 kB left at
-    once is 80 ms of such a link, a sawtooth in its queue that GCC reads as over-use. A packet
-    larger than the bucket leaves when the bucket is full and the tokens go into debt, as in
-    libwebrtc's pacer, instead of waiting for tokens the bucket can never hold."""
+    """At 300 kbit/s a packet leaves when the bucket is out of debt, whatever its size, and
+    the bucket saves only 300 bytes while idle. With a full-size packet's worth saved (1.5 kB),
+    a frame's two packets left 2-20 ms apart into a link that takes 30 ms for one: a queue of
+    up to 40 ms that GCC read as over-use many times a minute (3 kB before: 80 ms at once)."""
     key = os.urandom(30)
     cls = WebRtcTransport if native else PyTransport
     video = Producer(WebRtcTransport(_Router(), "pub", MediaSettings()), "video", "1", "video/vp8", 90000, 96, 97, set(), [])
@@ -297,13 +298,13 @@ async def test_the_pacer_lets_one_packet_out_at_a_time_on_a_slow_link_and_never_
     t, _v, _a, sink, udp = await _subscriber(cls, Consumer if native else PyConsumer, video, audio, key, ((0, 0), (0, 0)), native)
     try:
         t.set_pacing(300_000)
-        assert t._pace_burst == WebRtcTransport.PACE_BURST_MIN == 1500.0
+        assert t._pace_burst == WebRtcTransport.PACE_BURST_MIN == 300.0
 
         def rtp(seq: int, size: int) -> bytearray:
             return bytearray(struct.pack("!BBHII", 0x80, 96, seq, 0, 0x1111) + bytes(size - 12))
 
-        await asyncio.sleep(0.1)  # the bucket fills (to one packet's worth)
-        t.send_rtp(rtp(1, 1900), 0)  # over the bucket: out at once, tokens in debt
+        await asyncio.sleep(0.1)  # the bucket fills (to 300 bytes)
+        t.send_rtp(rtp(1, 1900), 0)  # far over the bucket: out at once, tokens in debt
         assert not t._pace_queue and t._pace_tokens < 0
         for k in range(3):
             t.send_rtp(rtp(2 + k, 1200), 0)
@@ -313,10 +314,17 @@ async def test_the_pacer_lets_one_packet_out_at_a_time_on_a_slow_link_and_never_
                 break
             await asyncio.sleep(0.01)
         assert not t._pace_queue
-        await asyncio.sleep(0.1)  # full again: one 1200-byte packet goes, the next waits
+        await asyncio.sleep(0.1)  # saved again: one 700-byte packet goes, the next waits for its bytes
+        sent0 = t.packets_out  # (with 1.5 kB saved, two of them left together)
+        t0 = time.monotonic()
         for k in range(3):
-            t.send_rtp(rtp(5 + k, 1200), 0)
+            t.send_rtp(rtp(5 + k, 700), 0)
         assert len(t._pace_queue) == 2
+        while len(t._pace_queue) == 2:
+            await asyncio.sleep(0.001)
+        # the second left no sooner than the first's bytes less the savings allow at 300 kbit/s
+        assert time.monotonic() - t0 >= (700 + 38 - 300) * 8 / 300_000 - 0.002
+        assert t.packets_out == sent0 + 2
         for _ in range(200):
             if not t._pace_queue:
                 break
