@@ -576,34 +576,43 @@ class StreamAllocator:
         recv_span = by_arrival[-1][2] - by_arrival[0][2]
         if send_span <= 0.03 or recv_span <= 0.03:
             return
-        # Whether the link slowed the cluster is read from its spans alone (first to last
-        # packet sent, first to last received: the same packets through a FIFO link). The
-        # rates that libwebrtc compares (all but the last sent, all but the first received,
-        # exact for its equal-sized padding) differ by a packet for a cluster of RTX copies
-        # and audio: at 300 kbit/s a tail is 6-8 packets of 150-1200 bytes, and clusters
-        # through a lifted cap, with the same span at both ends, read 123 kbit/s sent and 286
-        # received (the ceiling "stood"), or 276 and 183 ("saturated": the estimate was cut
-        # to 173 kbit/s on an open link); the climb back took 15.8 s.
+        # libwebrtc's rates: all but the last packet sent over the send span, all but the
+        # first received over the receive span. The second is a lower bound on the link's
+        # rate (through a FIFO, each arrival is at least its own size after the one before)
+        # and exactly the rate of a link the cluster kept busy.
         send_rate = sum(z for _, z, _ in tail[:-1]) * 8 / send_span
+        recv_rate = sum(z for _, z, _ in by_arrival[1:]) * 8 / recv_span
+        # Whether the link slowed the cluster is read from its spans (the same packets at both
+        # ends), not from those two rates, which leave out a different packet each: at 300
+        # kbit/s a tail is 6-8 packets of 150-1200 bytes, and clusters through a lifted cap,
+        # spans equal, read 276 kbit/s sent and 183 received ("saturated": the estimate was
+        # cut to 173 kbit/s on an open link; the climb back took 15.8 s)
         ratio = send_span / recv_span  # < 1: the link spread the cluster out
-        if ratio < CAPACITY_SLOWED:
-            # it came out of a queue, where each arrival is spaced by its own size
-            recv_rate = sum(z for _, z, _ in by_arrival[1:]) * 8 / recv_span
-        else:
-            recv_rate = send_rate * ratio  # passed as sent (> send_rate: it arrived bunched)
         rate = min(send_rate, recv_rate) if ratio >= 0.9 else 0.95 * recv_rate
         # reached: the link kept up with what the cluster really sent (media around it makes
         # that differ from the target), and that was most of the target
         reached = ratio >= 0.9 and rate >= 0.75 * pr["target"]
+        complete = len(got) >= 0.95 * expected
         if pr["ceiling"]:
             # through a token bucket's queue a probe a little over the limit still "arrives"
-            # near the limit: only a rate clearly above the last failure, with nothing lost,
-            # says the link changed; then that is what it measured
-            # (both ends: a cluster whose first packets queued behind media arrives bunched,
-            # 428 kbit/s "received" from 225 sent through a 300 kbit/s cap)
-            reached = min(send_rate, recv_rate) >= CEILING_CLEAR * pr["ceiling"] and len(got) >= 0.95 * expected
-            if reached:
-                rate = min(send_rate, recv_rate)
+            # near the limit: only a cluster sent clearly above the last failure, not slowed
+            # on the way (its span at the receiver no longer than at the sender, a cluster
+            # that arrived bunched counting at its send rate), with nothing lost, says the link
+            # may have changed. With a packet's size either way in these rates, it is a hint,
+            # not a measurement: the ceiling goes, and the next probe, exponential and larger,
+            # measures (taken as a measurement, a cluster of 14 packets through a 300 kbit/s
+            # cap read 362 kbit/s sent and spans equal, the estimate went over the cap, a
+            # thumbnail was admitted and paused again a second later)
+            through = send_rate * min(1.0, ratio)
+            if complete and through >= CEILING_CLEAR * pr["ceiling"]:
+                self.ceiling = 0.0
+                self.probe_grow = True
+                self.probe_wait = 0.5
+                self.last_probe_result = ("hint", round(through), round(pr["target"]))
+                logger.debug("probe %s: ceiling %.0f gone? %.0f through: the next probe measures",
+                             self.transport.participant_id, pr["ceiling"], through)
+                return
+            reached = False
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "probe %s: target %.0f sent %.0f recv %.0f (%d of %d packets, %.0f bytes over %.3f s sent, %.3f s received) "
@@ -617,7 +626,6 @@ class StreamAllocator:
         # estimate to a probe's result so). Without this an estimate could sit at 0.75 of a
         # capped link while every ceiling probe measured 0.9 of it (the layer that fits stayed
         # out of reach), or drift above it while the media sent was too little to show it.
-        complete = len(got) >= 0.95 * expected
         saturated = complete and ratio < 0.9 and not reached
         # the link's capacity, for the pacer: any complete cluster the link slowed, even a
         # little (5.2 Mbit/s into a 5 Mbit/s cap comes out at 4.98: "reached", yet the cap)
