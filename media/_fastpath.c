@@ -59,7 +59,8 @@ static inline double mono_now(void) {
 typedef struct {
     PyObject_HEAD
     double pace_rate;   /* bytes per second; 0: not paced */
-    double pace_burst;  /* bytes */
+    double pace_burst;  /* bytes: the most saved while idle */
+    double pace_late;   /* bytes: the most a late drain tick may catch up */
     double pace_tokens;
     double pace_time;
     PyObject *pace_queue; /* deque of (packet, tcc_off, queued_at) */
@@ -113,6 +114,7 @@ static PyObject *sc_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     if (t == NULL) return NULL;
     t->fd = -1;
     t->pace_burst = 300.0;
+    t->pace_late = 300.0;
     t->wire_overhead = 38;
     return (PyObject *)t;
 }
@@ -398,7 +400,7 @@ static PyObject *sc_pace_drain(SendCore *t, PyObject *unused) {
     double tokens = 0.0;
     if (rate != 0.0) {
         tokens = t->pace_tokens + (now - t->pace_time) * rate;
-        if (tokens > t->pace_burst) tokens = t->pace_burst;
+        if (tokens > t->pace_late) tokens = t->pace_late; /* the queue waited all along: a late tick catches up */
         t->pace_time = now;
     }
     while (qlen > 0) {
@@ -500,6 +502,7 @@ static PyMethodDef sc_methods[] = {
 static PyMemberDef sc_members[] = {
     {"_pace_rate", T_DOUBLE, offsetof(SendCore, pace_rate), 0, NULL},
     {"_pace_burst", T_DOUBLE, offsetof(SendCore, pace_burst), 0, NULL},
+    {"_pace_late", T_DOUBLE, offsetof(SendCore, pace_late), 0, NULL},
     {"_pace_tokens", T_DOUBLE, offsetof(SendCore, pace_tokens), 0, NULL},
     {"_pace_time", T_DOUBLE, offsetof(SendCore, pace_time), 0, NULL},
     {"_pace_queue", T_OBJECT, offsetof(SendCore, pace_queue), 0, NULL},

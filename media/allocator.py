@@ -57,6 +57,7 @@ SPATIAL_UPGRADE_EXTRA = 0.25  # headroom a new spatial layer needs near the link
 UPGRADE_BACKOFF_MAX_S = 20.0  # the longest hold after failed upgrades (a lifted cap resets it)
 FAILED_UPGRADE_S = 15.0  # a congestion downgrade this soon after an upgrade means the upgrade failed
 DOWNGRADE_GRACE_S = 1.0  # a delay-only dip below what is sent must last this long
+PRICE_GRACE_S = 3.0  # ... and a price over a steady budget, under a pacer bounded by a measured capacity
 PROBE_INTERVAL_S = 2.0
 PROBE_MAX_INTERVAL_S = 3.0  # a lifted cap is found within this (the 10 s climb-back target)
 PROBE_DURATION_S = 0.1  # short: on a link that cannot take the step, a probe costs loss
@@ -187,6 +188,7 @@ class StreamAllocator:
         self.failed_bps = 0.0  # what was being sent when an upgrade failed (0: none lately)
         self.budget = 0.0
         self.short_since = 0.0  # since when the estimate has been short of what is sent
+        self.short_estimate = 0.0  # the estimate then
         self.switches = 0
         self.last_run = 0.0
         self.desired_bps = 0.0
@@ -201,6 +203,7 @@ class StreamAllocator:
         self.last_probe_result: Optional[tuple] = None
         self.next_step_bps = 0.0
         self.ceiling = 0.0  # received rate of the last failed probe (0: none)
+        self.ceiling_passes = 0  # ceiling probes in a row that got through (see on_feedback)
         # exponential probing (libwebrtc's "probe further"): at the start, and after a probe
         # that found more than the last known limit, the next probe doubles the estimate
         # instead of aiming one layer step up, so a fresh or freed link is found in ~2 s
@@ -376,6 +379,7 @@ class StreamAllocator:
             self.short_since = 0.0
         elif not self.short_since:
             self.short_since = now
+            self.short_estimate = estimate
         # what the pacer still holds, in seconds at the rate it is about to get: a queue built
         # at the old rate can be seconds long at the new one
         pace_factor = t.PACE_FACTOR if near_limit else t.PACE_FACTOR_FREE
@@ -386,8 +390,16 @@ class StreamAllocator:
             est.loss >= LOSS_LOW
             or self.pacer_congested
             or estimate < 0.75 * (self.allocated_bps + audio)
-            or now - self.short_since >= DOWNGRADE_GRACE_S
+            or now - self.short_since >= self._grace(now)
         )
+        if urgent and short and logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "downgrade %s: %s; the plan costs %.0f with audio, budget %.0f (loss %.3f, pacer congested %s, short %.1f s)",
+                t.participant_id,
+                ", ".join(f"slot {c.index} {self.current(c)} -> {down[c]}" for c in consumers if down[c] < self.current(c)),
+                self._cost({c: self.current(c) for c in consumers}) + audio, budget, est.loss, self.pacer_congested,
+                now - self.short_since,
+            )
         for c in consumers:
             current = self.current(c)
             if c.fresh or (down[c] < current and urgent):
@@ -416,6 +428,13 @@ class StreamAllocator:
                 and now >= self.hold_until
                 and t.estimator.stable(now, 0.5)
             ):
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug(
+                        "upgrade %s: %s; the plan costs %.0f with audio, budget %.0f (/%.2f)",
+                        t.participant_id,
+                        ", ".join(f"slot {c.index} {self.current(c)} -> {up[c]}" for c in consumers if up[c] > self.current(c)),
+                        self._cost(up) + audio, budget, UPGRADE_MARGIN,
+                    )
                 for c in consumers:
                     if up[c] > self.current(c):
                         self._apply(c, up[c], "congestion" if up[c] < ideal[c] else "budget" if up[c] < wanted[c] else "ok")
@@ -448,6 +467,20 @@ class StreamAllocator:
         if self.allocated_bps + audio > estimate:
             self.deficient = True  # kept over budget: probing is how the estimate catches up
         self._maybe_probe(now)
+
+    def _grace(self, now: float) -> float:
+        """How long the slots may cost more than the budget before a downgrade, without loss.
+        A dip of the estimate is given DOWNGRADE_GRACE_S. A price that rose over a budget that
+        did not move (no decrease, no over-use, no loss lately), where the pacer keeps to a
+        measured capacity, is a keyframe's peak, priced for ~2 s after it (the half-second
+        peak decays by 0.85 a window): the pacer holds its burst, and if the slots really do
+        not fit, its backlog says so at once (pacer_congested). Downgraded after a second,
+        the 300 kbit/s stage dropped to 10 fps at a keyframe and counted it a failed upgrade.
+        (The estimate's own decreases cannot tell: a probe that measures the cap again
+        lowers it by a hair every 3 s.)"""
+        est = self.transport.estimator
+        steady = est.estimate >= 0.97 * self.short_estimate and not est.overusing and est.loss < LOSS_LOW
+        return PRICE_GRACE_S if est.capacity_bps and steady else DOWNGRADE_GRACE_S
 
     def _apply(self, c: "Consumer", step: Step, reason: str) -> None:
         p = c.producer
@@ -565,6 +598,7 @@ class StreamAllocator:
         if len(got) < max(5, 0.8 * expected):
             self.last_probe_result = ("lost", expected, len(got))
             self.ceiling = self.transport.estimator.estimate * 1.1
+            self.ceiling_passes = 0
             self._back_off()
             return
         got.sort()
@@ -599,19 +633,25 @@ class StreamAllocator:
             # on the way (its span at the receiver no longer than at the sender, a cluster
             # that arrived bunched counting at its send rate), with nothing lost, says the link
             # may have changed. With a packet's size either way in these rates, it is a hint,
-            # not a measurement: the ceiling goes, and the next probe, exponential and larger,
-            # measures (taken as a measurement, a cluster of 14 packets through a 300 kbit/s
+            # not a measurement (taken as one, a cluster of 14 packets through a 300 kbit/s
             # cap read 362 kbit/s sent and spans equal, the estimate went over the cap, a
-            # thumbnail was admitted and paused again a second later)
+            # thumbnail was admitted and paused again a second later); and one hint is not
+            # enough (after one, at 800 kbit/s, the exponential probe that measures lost a
+            # stage packet behind a full pacer: a 1.1 s freeze). Two in a row, 0.5 s apart:
+            # the ceiling goes and the next probe, exponential and larger, measures.
             through = send_rate * min(1.0, ratio)
             if complete and through >= CEILING_CLEAR * pr["ceiling"]:
-                self.ceiling = 0.0
-                self.probe_grow = True
+                self.ceiling_passes += 1
                 self.probe_wait = 0.5
-                self.last_probe_result = ("hint", round(through), round(pr["target"]))
-                logger.debug("probe %s: ceiling %.0f gone? %.0f through: the next probe measures",
-                             self.transport.participant_id, pr["ceiling"], through)
+                self.last_probe_result = ("hint", round(through), round(pr["target"]), self.ceiling_passes)
+                logger.debug("probe %s: ceiling %.0f gone? %.0f through (%d in a row)",
+                             self.transport.participant_id, pr["ceiling"], through, self.ceiling_passes)
+                if self.ceiling_passes >= 2:
+                    self.ceiling = 0.0
+                    self.ceiling_passes = 0
+                    self.probe_grow = True
                 return
+            self.ceiling_passes = 0
             reached = False
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
@@ -679,6 +719,7 @@ class StreamAllocator:
             # bucket overstates the link by the bucket's burst; the raised estimate must hold
         else:
             self.ceiling = rate
+            self.ceiling_passes = 0
             self._back_off()
 
     def _back_off(self) -> None:

@@ -384,7 +384,7 @@ def test_a_loss_cut_is_not_repeated_on_the_loss_that_caused_it() -> None:
 
 def _probe_feedback(
     rate_bps: float, sizes: list[int], link_bps: float, ceiling: float, now: float, bunched_s: float = 0.0,
-    capacity: float = 0.0,
+    capacity: float = 0.0, a: "StreamAllocator | None" = None,
 ) -> StreamAllocator:
     """A probe cluster of these packet sizes sent at rate_bps through a FIFO link of link_bps
     (0: not a bottleneck), scored by a fresh transport's allocator. bunched_s: the cluster
@@ -394,12 +394,13 @@ def _probe_feedback(
     class _Router:
         def transport_connected(self, t) -> None: ...
 
-    t = WebRtcTransport(_Router(), "rx", MediaSettings())  # type: ignore[arg-type]
-    t.estimator.mode = "twcc"
-    if capacity:  # measured by an earlier probe
-        t.estimator.on_probe(ProbeResult(capacity, 20, 20), now - 1, reached=False, saturated=True, capacity=capacity)
-    a = t.allocator
-    a.ceiling = ceiling  # what the last (failed) probe found
+    if a is None:
+        t = WebRtcTransport(_Router(), "rx", MediaSettings())  # type: ignore[arg-type]
+        t.estimator.mode = "twcc"
+        if capacity:  # measured by an earlier probe
+            t.estimator.on_probe(ProbeResult(capacity, 20, 20), now - 1, reached=False, saturated=True, capacity=capacity)
+        a = t.allocator
+        a.ceiling = ceiling  # what the last (failed) probe found
     first, n = 100, len(sizes)
     a.probe = {"target": rate_bps, "start": now - 0.3, "first": first, "last": first + n - 1, "sent": sum(sizes),
                "ticks": 10, "ceiling": ceiling, "end_seq": first + n, "done": now - 0.1}
@@ -423,9 +424,12 @@ def test_a_probe_of_mixed_packet_sizes_reads_the_same_at_both_ends() -> None:
     are now read alike; a real bottleneck is still measured."""
     now = time.monotonic()
     sizes = [1200, 150, 150, 1200, 150, 1200, 150, 150, 1200, 150]
-    # through an open link, after a failed ceiling probe at 280 kbit/s: it clears the ceiling
+    # through an open link, after a failed ceiling probe at 280 kbit/s: twice in a row, it
+    # clears the ceiling (the next probe, exponential, measures)
     a = _probe_feedback(350_000, sizes, 0.0, 280_000, now)
-    assert a.ceiling == 0.0 and a.transport.estimator.capacity_bps == 0.0, a.last_probe_result
+    assert a.ceiling == 280_000 and a.transport.estimator.capacity_bps == 0.0, a.last_probe_result
+    a = _probe_feedback(350_000, sizes, 0.0, 280_000, now + 0.5, a=a)
+    assert a.ceiling == 0.0 and a.probe_grow and a.transport.estimator.capacity_bps == 0.0, a.last_probe_result
     # ... and without a ceiling it is no measurement of a bottleneck either
     a = _probe_feedback(350_000, list(reversed(sizes)), 0.0, 0.0, now)
     assert a.transport.estimator.capacity_bps == 0.0 and a.probe_successes == 1, a.last_probe_result
@@ -491,3 +495,40 @@ async def test_a_probe_cluster_goes_out_at_its_target_whatever_the_media_did_lat
     elapsed = a.probe["done"] - a.probe["start"]
     # what left over the cluster is its target (to a packet), not the target less 300 kbit/s
     assert sent * 8 / max(elapsed, PROBE_DURATION_S) >= 0.8 * target, (sent, elapsed)
+
+
+def test_a_keyframe_priced_over_a_steady_budget_is_given_time_under_a_bounded_pacer() -> None:
+    """A keyframe raises a layer's half-second peak for ~2 s. At 300 kbit/s such a peak put
+    the stage's price over a budget that had not moved, and a second later the stage was
+    down to 10 fps and the step counted as a failed upgrade. Where the pacer keeps to a
+    measured capacity (it holds the burst, and its backlog says at once if the slots really
+    do not fit) that price gets PRICE_GRACE_S; a budget that fell gets the usual second."""
+    from media.allocator import DOWNGRADE_GRACE_S, PRICE_GRACE_S
+    from media.transport import MediaSettings, WebRtcTransport
+
+    class _Router:
+        def transport_connected(self, t) -> None: ...
+
+    def stage_after(seconds: float, estimate_falls: bool) -> int:
+        t = WebRtcTransport(_Router(), "rx", MediaSettings())  # type: ignore[arg-type]
+        est = t.estimator
+        est.mode = "twcc"
+        now = time.monotonic()
+        est.on_probe(ProbeResult(1_000_000, 60, 60), now, reached=True, capacity=1_000_000)
+        stage = _slot(t, 0, _publisher("hub", [250_000, 700_000, 1_700_000]))  # type: ignore[arg-type]
+        p, stage.assigned = stage.assigned, None
+        stage.assign(p)
+        a = t.allocator
+        a.last_probe = now + 60  # (no probe clusters: this test has no event loop)
+        a.run(now)
+        assert a.current(stage)[0] == 1
+        p.streams[1].bitrate_peak = 1_000_000  # its keyframe
+        a.run(now + 0.1)
+        if estimate_falls:
+            est.delay_bps = 800_000
+        a.run(now + 0.1 + seconds)
+        return a.current(stage)[0]
+
+    assert stage_after(DOWNGRADE_GRACE_S + 0.2, estimate_falls=False) == 1  # a keyframe's price: wait
+    assert stage_after(PRICE_GRACE_S + 0.1, estimate_falls=False) == 0  # still over after 3 s: down
+    assert stage_after(DOWNGRADE_GRACE_S + 0.2, estimate_falls=True) == 0  # the budget fell: the usual second
