@@ -59,7 +59,8 @@ FAILED_UPGRADE_S = 15.0  # a congestion downgrade this soon after an upgrade mea
 DOWNGRADE_GRACE_S = 1.0  # a delay-only dip below what is sent must last this long
 PRICE_GRACE_S = 3.0  # ... and a price over a steady budget, under a pacer bounded by a measured capacity
 PROBE_INTERVAL_S = 2.0
-PROBE_MAX_INTERVAL_S = 3.0  # a lifted cap is found within this (the 10 s climb-back target)
+PROBE_MAX_INTERVAL_S = 2.0  # a lifted cap is found within this (the 10 s climb-back target; with 3 s,
+# one ceiling probe that fell 2 % short of showing a lifted 800 kbit/s cap cost 3 s of a 10.5 s climb)
 PROBE_DURATION_S = 0.1  # short: on a link that cannot take the step, a probe costs loss
 PROBE_TICK_S = 0.01
 CEILING_PROBE = 1.25  # a probe after a failed one aims this far above the rate it failed at
@@ -223,11 +224,17 @@ class StreamAllocator:
     # ---------------------------------------------------------------- allocation
 
     def _plan(
-        self, budget: float, consumers: list["Consumer"], keep: float = 1.0, limits: Optional[dict["Consumer", int]] = None
+        self, budget: float, consumers: list["Consumer"], keep: float = 1.0, limits: Optional[dict["Consumer", int]] = None,
+        now_at: Optional[dict["Consumer", Step]] = None,
     ) -> dict["Consumer", Step]:
         """`keep` < 1 lets a slot that is playing stay on its lowest step with a slightly
         short budget: pausing and resuming around one threshold would flap. `limits` (the
-        egress budget's caps) bound each slot's spatial layer; a slot not in them is paused."""
+        egress budget's caps) bound each slot's spatial layer; a slot not in them is paused.
+        `now_at` (the plan a downgrade is taken from) bounds each slot listed to the spatial
+        layer it is on, and keeps a paused one paused: the stage's climb to its preferred
+        layer is for admissions, and in a downgrade's plan it took the room of the
+        thumbnails playing (at 800 kbit/s a congested pacer paused all seven, and the stage
+        was not raised either: a plan is applied only where it is lower)."""
         plan: dict["Consumer", Step] = {}
         ladders: dict["Consumer", list[tuple[Step, float, float]]] = {}
         at: dict["Consumer", int] = {}
@@ -242,6 +249,11 @@ class StreamAllocator:
             top = len(p.streams) - 1 if c.index == 0 else min(THUMBNAIL_MAX_LAYER, len(p.streams) - 1)
             if limits is not None:
                 top = min(top, limits.get(c, -1))
+            if now_at is not None and c in now_at:
+                if now_at[c][0] < 0:
+                    plan[c] = PAUSED
+                    continue
+                top = min(top, now_at[c][0])
             steps = ladders[c] = ladder(p.streams, top)
             _, peak, mean = steps[0]
             r = room.extra(0.0, mean, peak - mean)
@@ -332,7 +344,10 @@ class StreamAllocator:
             or self.pacer_congested
         )
         limits = self.limits
-        down = self._plan(budget, consumers, keep=0.0 if unproven or not lossy else 0.8, limits=limits)
+        down = self._plan(
+            budget, consumers, keep=0.0 if unproven or not lossy else 0.8, limits=limits,
+            now_at={c: self.current(c) for c in consumers if not c.fresh},
+        )
         up = self._plan(budget / UPGRADE_MARGIN, consumers, limits=limits)
         new_layers = {c: up[c] for c in consumers if up[c][0] > self.current(c)[0] >= 0}
         near_limit = self.near_limit(now)
@@ -394,10 +409,10 @@ class StreamAllocator:
         )
         if urgent and short and logger.isEnabledFor(logging.DEBUG):
             logger.debug(
-                "downgrade %s: %s; the plan costs %.0f with audio, budget %.0f (loss %.3f, pacer congested %s, short %.1f s)",
+                "downgrade %s: %s; what is sent costs %.0f, budget %.0f besides audio (loss %.3f, pacer congested %s, short %.1f s)",
                 t.participant_id,
                 ", ".join(f"slot {c.index} {self.current(c)} -> {down[c]}" for c in consumers if down[c] < self.current(c)),
-                self._cost({c: self.current(c) for c in consumers}) + audio, budget, est.loss, self.pacer_congested,
+                self._cost({c: self.current(c) for c in consumers}), budget, est.loss, self.pacer_congested,
                 now - self.short_since,
             )
         for c in consumers:
@@ -430,10 +445,10 @@ class StreamAllocator:
             ):
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug(
-                        "upgrade %s: %s; the plan costs %.0f with audio, budget %.0f (/%.2f)",
+                        "upgrade %s: %s; the plan costs %.0f, budget %.0f (/%.2f) besides audio %.0f",
                         t.participant_id,
                         ", ".join(f"slot {c.index} {self.current(c)} -> {up[c]}" for c in consumers if up[c] > self.current(c)),
-                        self._cost(up) + audio, budget, UPGRADE_MARGIN,
+                        self._cost(up), budget, UPGRADE_MARGIN, audio,
                     )
                 for c in consumers:
                     if up[c] > self.current(c):

@@ -90,6 +90,29 @@ def test_stage_gets_its_preferred_layer_before_thumbnails_are_admitted() -> None
     assert abs(layer_rate(q, 0) - 250_000 * 1.03) < 1
 
 
+def test_a_downgrade_keeps_the_thumbnails_that_fit_beside_the_stage_as_it_is() -> None:
+    """A pacer congested at 800 kbit/s re-plans for 0.85 of its rate. The stage on 180p used to
+    climb to its preferred 360p in that plan too (a climb that is for admissions, and is not
+    applied from a downgrade's plan anyway), and the room it took paused all seven thumbnails
+    where four fitted beside the stage as it was."""
+    rx = _Transport()
+    stage = _slot(rx, 0, _publisher("hub", [250_000, 450_000, 1_700_000]))
+    thumbs = [_slot(rx, i, _publisher(f"t{i}", [150_000, 500_000, 1_500_000])) for i in range(1, 8)]
+    alloc = StreamAllocator(rx)  # type: ignore[arg-type]
+    now_at = {c: ((0, 3) if c is stage else (0, 0)) for c in rx.consumers["video"]}
+    plan = alloc._plan(583_000, rx.consumers["video"], keep=0.8, now_at=now_at)
+    assert plan[stage] == (0, 3)
+    assert sum(plan[t] != (-1, -1) for t in thumbs) >= 4, plan
+    # (not bounded, the same plan spends the room on the stage's 360p)
+    plan = alloc._plan(583_000, rx.consumers["video"], keep=0.8)
+    assert plan[stage] == (1, 3) and sum(plan[t] != (-1, -1) for t in thumbs) <= 2
+    # a paused slot stays paused in a downgrade's plan; one not listed (a new one) is planned
+    now_at[thumbs[0]] = (-1, -1)
+    del now_at[thumbs[1]]
+    plan = alloc._plan(583_000, rx.consumers["video"], keep=0.8, now_at=now_at)
+    assert plan[thumbs[0]] == (-1, -1) and plan[thumbs[1]] != (-1, -1)
+
+
 def test_paused_layer_is_priced_at_its_last_peak_not_a_nominal_rate() -> None:
     p = _publisher("hub", [250_000, 700_000, 1_700_000])
     h = p.streams[1]
