@@ -654,7 +654,12 @@ class StreamAllocator:
             # enough (after one, at 800 kbit/s, the exponential probe that measures lost a
             # stage packet behind a full pacer: a 1.1 s freeze). Two in a row, 0.5 s apart:
             # the ceiling goes and the next probe, exponential and larger, measures.
-            through = send_rate * min(1.0, ratio)
+            # (sent: over the whole cluster, not its tail: at 300 kbit/s a 1200-byte RTX copy
+            # is 3 of the probe's 10 ms ticks, and when the big ones fell in the first third
+            # the tail read 275-290 kbit/s of a 352 kbit/s cluster; 3 s more to climb back)
+            span_all = got[-1][0] - got[0][0]
+            sent_all = sum(z for _, z, _ in got[:-1]) * 8 / span_all if span_all > 0 else 0.0
+            through = sent_all * min(1.0, ratio)
             if complete and through >= CEILING_CLEAR * pr["ceiling"]:
                 self.ceiling_passes += 1
                 self.probe_wait = 0.5

@@ -407,7 +407,7 @@ def test_a_loss_cut_is_not_repeated_on_the_loss_that_caused_it() -> None:
 
 def _probe_feedback(
     rate_bps: float, sizes: list[int], link_bps: float, ceiling: float, now: float, bunched_s: float = 0.0,
-    capacity: float = 0.0, a: "StreamAllocator | None" = None,
+    capacity: float = 0.0, a: "StreamAllocator | None" = None, gap_s: float = 0.0,
 ) -> StreamAllocator:
     """A probe cluster of these packet sizes sent at rate_bps through a FIFO link of link_bps
     (0: not a bottleneck), scored by a fresh transport's allocator. bunched_s: the cluster
@@ -434,7 +434,7 @@ def _probe_feedback(
             arrival = now - 0.3 + sum(sizes) * 8 / rate_bps + k * bunched_s / (n - 1)
         free = arrival
         results.append((first + k, send, z, arrival))
-        send += z * 8 / rate_bps
+        send += gap_s or z * 8 / rate_bps  # gap_s: one packet a tick, whatever its size
     a.on_feedback(results, now)
     return a
 
@@ -456,6 +456,12 @@ def test_a_probe_of_mixed_packet_sizes_reads_the_same_at_both_ends() -> None:
     # ... and without a ceiling it is no measurement of a bottleneck either
     a = _probe_feedback(350_000, list(reversed(sizes)), 0.0, 0.0, now)
     assert a.transport.estimator.capacity_bps == 0.0 and a.probe_successes == 1, a.last_probe_result
+    # the probe's big RTX copies in its first third, small packets after (one a 10 ms tick):
+    # 420 kbit/s over the cluster, its tail alone reads 120; twice: the ceiling goes
+    lumpy = [1200] * 4 + [150] * 8
+    a = _probe_feedback(350_000, lumpy, 0.0, 280_000, now, gap_s=0.01)
+    a = _probe_feedback(350_000, lumpy, 0.0, 280_000, now + 0.5, a=a, gap_s=0.01)
+    assert a.ceiling == 0.0, a.last_probe_result
     # sent at 225 kbit/s, arrived bunched (428 "received"): no proof that a 280 kbit/s ceiling went
     a = _probe_feedback(225_000, sizes, 0.0, 280_000, now, bunched_s=0.06)
     assert a.ceiling == 280_000, a.last_probe_result
