@@ -296,10 +296,27 @@ static int sc_enqueue(SendCore *t, PyObject *packet, long tcc_off, double now) {
     return 0;
 }
 
-/* The pacer (token bucket in wire bytes); the Python twin is WebRtcTransport._send_rtp_py. */
-static int sc_send_rtp_impl(SendCore *t, PyObject *packet, long tcc_off) {
+/* The pacer (token bucket in wire bytes); the Python twin is WebRtcTransport._send_rtp_py.
+ * `urgent` (audio) is never queued: it goes at once and its bytes are owed, so the video
+ * behind it waits a little longer and the rate holds. */
+static int sc_send_rtp_impl(SendCore *t, PyObject *packet, long tcc_off, int urgent) {
     double rate = t->pace_rate;
     if (rate == 0.0) return sc_send_now_impl(t, packet, tcc_off, 0.0);
+    if (urgent) {
+        if (!PyByteArray_Check(packet)) {
+            PyErr_SetString(PyExc_TypeError, "packet must be a bytearray");
+            return -1;
+        }
+        Py_ssize_t queued = t->pace_queue ? PyObject_Size(t->pace_queue) : 0;
+        if (queued < 0) return -1;
+        double now = mono_now();
+        double cap = queued > 0 ? t->pace_late : t->pace_burst;
+        double tokens = t->pace_tokens + (now - t->pace_time) * rate;
+        if (tokens > cap) tokens = cap;
+        t->pace_time = now;
+        t->pace_tokens = tokens - (double)(PyByteArray_GET_SIZE(packet) + t->wire_overhead);
+        return sc_send_now_impl(t, packet, tcc_off, now);
+    }
     if (!PyByteArray_Check(packet)) {
         PyErr_SetString(PyExc_TypeError, "packet must be a bytearray");
         return -1;
@@ -459,16 +476,21 @@ fail:
 }
 
 static PyObject *sc_send_rtp(SendCore *t, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs < 1 || nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "send_rtp(packet, tcc_off=0)");
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "send_rtp(packet, tcc_off=0, urgent=False)");
         return NULL;
     }
     long tcc_off = 0;
-    if (nargs == 2) {
+    if (nargs >= 2) {
         tcc_off = PyLong_AsLong(args[1]);
         if (tcc_off == -1 && PyErr_Occurred()) return NULL;
     }
-    if (sc_send_rtp_impl(t, args[0], tcc_off) < 0) return NULL;
+    int urgent = 0;
+    if (nargs == 3) {
+        urgent = PyObject_IsTrue(args[2]);
+        if (urgent < 0) return NULL;
+    }
+    if (sc_send_rtp_impl(t, args[0], tcc_off, urgent) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -795,10 +817,10 @@ static int cc_write_impl(ConsumerCore *c, Pkt *p, PyObject *stream, double now) 
     c->octets += olen - hl;
     int rc;
     if (c->transport != NULL && PyObject_TypeCheck(c->transport, &SendCoreType)) {
-        rc = sc_send_rtp_impl((SendCore *)c->transport, out, (long)c->tcc_off);
+        rc = sc_send_rtp_impl((SendCore *)c->transport, out, (long)c->tcc_off, !c->is_video);
     } else if (c->transport != NULL) {
         PyObject *off = PyLong_FromLongLong(c->tcc_off);
-        r = off ? PyObject_CallMethodObjArgs(c->transport, s_send_rtp, out, off, NULL) : NULL;
+        r = off ? PyObject_CallMethodObjArgs(c->transport, s_send_rtp, out, off, c->is_video ? Py_False : Py_True, NULL) : NULL;
         Py_XDECREF(off);
         rc = r ? 0 : -1;
         Py_XDECREF(r);

@@ -386,7 +386,7 @@ class Consumer(ConsumerCore):
             self._resent_n[i] = 0
         self.packets += 1
         self.octets += len(out) - self.header_len
-        self.transport.send_rtp(out, self.tcc_off)
+        self.transport.send_rtp(out, self.tcc_off, not self.is_video)
 
     if not NATIVE:
         write = _write_py

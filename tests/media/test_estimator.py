@@ -447,21 +447,16 @@ def test_a_probe_of_mixed_packet_sizes_reads_the_same_at_both_ends() -> None:
     are now read alike; a real bottleneck is still measured."""
     now = time.monotonic()
     sizes = [1200, 150, 150, 1200, 150, 1200, 150, 150, 1200, 150]
-    # through an open link, after a failed ceiling probe at 280 kbit/s: twice in a row, it
-    # clears the ceiling (the next probe, exponential, measures)
-    a = _probe_feedback(350_000, sizes, 0.0, 280_000, now)
+    # through an open link, after a failed ceiling probe at 280 kbit/s, sent a packet every
+    # 13 ms (the probe's ticks, ~350 kbit/s): twice in a row, it clears the ceiling (the next
+    # probe, exponential, measures)
+    a = _probe_feedback(350_000, sizes, 0.0, 280_000, now, gap_s=0.013)
     assert a.ceiling == 280_000 and a.transport.estimator.capacity_bps == 0.0, a.last_probe_result
-    a = _probe_feedback(350_000, sizes, 0.0, 280_000, now + 0.5, a=a)
+    a = _probe_feedback(350_000, sizes, 0.0, 280_000, now + 0.5, a=a, gap_s=0.013)
     assert a.ceiling == 0.0 and a.probe_grow and a.transport.estimator.capacity_bps == 0.0, a.last_probe_result
     # ... and without a ceiling it is no measurement of a bottleneck either
     a = _probe_feedback(350_000, list(reversed(sizes)), 0.0, 0.0, now)
     assert a.transport.estimator.capacity_bps == 0.0 and a.probe_successes == 1, a.last_probe_result
-    # the probe's big RTX copies in its first third, small packets after (one a 10 ms tick):
-    # 420 kbit/s over the cluster, its tail alone reads 120; twice: the ceiling goes
-    lumpy = [1200] * 4 + [150] * 8
-    a = _probe_feedback(350_000, lumpy, 0.0, 280_000, now, gap_s=0.01)
-    a = _probe_feedback(350_000, lumpy, 0.0, 280_000, now + 0.5, a=a, gap_s=0.01)
-    assert a.ceiling == 0.0, a.last_probe_result
     # sent at 225 kbit/s, arrived bunched (428 "received"): no proof that a 280 kbit/s ceiling went
     a = _probe_feedback(225_000, sizes, 0.0, 280_000, now, bunched_s=0.06)
     assert a.ceiling == 280_000, a.last_probe_result
@@ -501,7 +496,7 @@ async def test_a_probe_cluster_goes_out_at_its_target_whatever_the_media_did_lat
         def send_rate(self, now: float) -> float:
             return 300_000.0  # a second's average, from before the link got quieter
 
-        def send_probe_packet(self, now: float) -> tuple[int, int]:
+        def send_probe_packet(self, now: float, limit: float = 1500.0) -> tuple[int, int]:
             seq = self.twcc_history.seq
             self.twcc_history.seq += 1
             self.bytes_out += 1200 - 28

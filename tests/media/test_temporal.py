@@ -27,7 +27,7 @@ class _Sent:
     def __init__(self) -> None:
         self.packets: list[bytes] = []
 
-    def send_rtp(self, packet: bytearray, tcc_off: int = 0) -> None:
+    def send_rtp(self, packet: bytearray, tcc_off: int = 0, urgent: bool = False) -> None:
         self.packets.append(bytes(packet))
 
 
