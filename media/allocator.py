@@ -225,7 +225,7 @@ class StreamAllocator:
 
     def _plan(
         self, budget: float, consumers: list["Consumer"], keep: float = 1.0, limits: Optional[dict["Consumer", int]] = None,
-        now_at: Optional[dict["Consumer", Step]] = None,
+        now_at: Optional[dict["Consumer", Step]] = None, at_least: Optional[dict["Consumer", Step]] = None,
     ) -> dict["Consumer", Step]:
         """`keep` < 1 lets a slot that is playing stay on its lowest step with a slightly
         short budget: pausing and resuming around one threshold would flap. `limits` (the
@@ -234,7 +234,11 @@ class StreamAllocator:
         layer it is on, and keeps a paused one paused: the stage's climb to its preferred
         layer is for admissions, and in a downgrade's plan it took the room of the
         thumbnails playing (at 800 kbit/s a congested pacer paused all seven, and the stage
-        was not raised either: a plan is applied only where it is lower)."""
+        was not raised either: a plan is applied only where it is lower). `at_least` (the
+        plan an upgrade is taken from) keeps each slot listed on at least the step it is on:
+        an upgrade is applied only where the plan is higher, so a plan that took the stage
+        down a temporal layer to admit a thumbnail admitted the thumbnail beside the stage as
+        it was (361 kbit/s of slots on a 300 kbit/s link, paused again 50 ms later)."""
         plan: dict["Consumer", Step] = {}
         ladders: dict["Consumer", list[tuple[Step, float, float]]] = {}
         at: dict["Consumer", int] = {}
@@ -255,18 +259,20 @@ class StreamAllocator:
                     continue
                 top = min(top, now_at[c][0])
             steps = ladders[c] = ladder(p.streams, top)
-            _, peak, mean = steps[0]
+            floored = at_least is not None and c in at_least and at_least[c][0] >= 0
+            first = max((i for i, (st, _, _) in enumerate(steps) if st <= at_least[c]), default=0) if floored else 0
+            _, peak, mean = steps[first]
             r = room.extra(0.0, mean, peak - mean)
             need = r * keep if not c.paused and not c.fresh else r
-            if room.free >= need or keep == 0.0:
-                at[c] = 0
+            if floored or room.free >= need or keep == 0.0:
+                at[c] = first
                 room.take(0.0, mean, peak - mean)  # charged in full: a kept step leaves nothing for upgrades
                 if c.index == 0:
                     # the stage (floor/hub) climbs to its preferred layer (360p at full frame
                     # rate, Jitsi's "preferred" for the on-stage source) before any thumbnail
                     # is admitted: on a tight link a thumbnail is paused rather than the picture
                     # everyone watches shown at 5 fps, or at 180p beside six thumbnails
-                    at[c] = _climb(steps, 0, room, STAGE_PREFERRED_LAYER)
+                    at[c] = _climb(steps, first, room, STAGE_PREFERRED_LAYER)
             else:
                 plan[c] = PAUSED
         # every slot to its lowest layer at full frame rate, then the stage climbs first
@@ -277,6 +283,16 @@ class StreamAllocator:
         for c, i in at.items():
             plan[c] = ladders[c][i][0]
         return plan
+
+    @staticmethod
+    def _price(c: "Consumer", step: Step) -> str:
+        """A step's peak/mean price in kbit/s, for the debug log."""
+        p = c.producer
+        if p is None or step[0] < 0:
+            return "-"
+        stream = p.streams[min(step[0], len(p.streams) - 1)]
+        peak = step_rate(stream, step)
+        return f"{peak / 1000:.0f}/{step_mean(stream, step, peak) / 1000:.0f}k"
 
     def _cost(self, plan: dict["Consumer", Step]) -> float:
         """What these steps cost together, priced as _Room prices them."""
@@ -348,7 +364,8 @@ class StreamAllocator:
             budget, consumers, keep=0.0 if unproven or not lossy else 0.8, limits=limits,
             now_at={c: self.current(c) for c in consumers if not c.fresh},
         )
-        up = self._plan(budget / UPGRADE_MARGIN, consumers, limits=limits)
+        kept = {c: self.current(c) for c in consumers if not c.fresh}
+        up = self._plan(budget / UPGRADE_MARGIN, consumers, limits=limits, at_least=kept)
         new_layers = {c: up[c] for c in consumers if up[c][0] > self.current(c)[0] >= 0}
         near_limit = self.near_limit(now)
         repeats_failure = bool(self.failed_bps) and self._cost(up) + audio >= 0.95 * self.failed_bps
@@ -360,7 +377,7 @@ class StreamAllocator:
             same = {c: max(0, self.current(c)[0]) for c in consumers}
             if limits is not None:
                 same = {c: min(v, limits.get(c, -1)) for c, v in same.items()}
-            up = self._plan(budget / UPGRADE_MARGIN, consumers, limits=same)
+            up = self._plan(budget / UPGRADE_MARGIN, consumers, limits=same, at_least=kept)
         wanted = self._plan(float("inf"), consumers)
         self.desired_bps = self._cost(wanted) + audio  # what the egress budget sees asked for
         # beyond this point "ideal" is what the budget allows: no probing for the rest
@@ -411,7 +428,10 @@ class StreamAllocator:
             logger.debug(
                 "downgrade %s: %s; what is sent costs %.0f, budget %.0f besides audio (loss %.3f, pacer congested %s, short %.1f s)",
                 t.participant_id,
-                ", ".join(f"slot {c.index} {self.current(c)} -> {down[c]}" for c in consumers if down[c] < self.current(c)),
+                ", ".join(
+                    f"slot {c.index} {self.current(c)} ({self._price(c, self.current(c))}) -> {down[c]}"
+                    for c in consumers if down[c] < self.current(c)
+                ),
                 self._cost({c: self.current(c) for c in consumers}), budget, est.loss, self.pacer_congested,
                 now - self.short_since,
             )
@@ -447,7 +467,12 @@ class StreamAllocator:
                     logger.debug(
                         "upgrade %s: %s; the plan costs %.0f, budget %.0f (/%.2f) besides audio %.0f",
                         t.participant_id,
-                        ", ".join(f"slot {c.index} {self.current(c)} -> {up[c]}" for c in consumers if up[c] > self.current(c)),
+                        ", ".join(
+                            f"slot {c.index} {self.current(c)} -> {up[c]} ({self._price(c, up[c])})"
+                            for c in consumers if up[c] > self.current(c)
+                        ) + "; kept: " + ", ".join(
+                            f"slot {c.index} {up[c]} ({self._price(c, up[c])})" for c in consumers if up[c] == self.current(c)
+                        ),
                         self._cost(up), budget, UPGRADE_MARGIN, audio,
                     )
                 for c in consumers:

@@ -113,6 +113,27 @@ def test_a_downgrade_keeps_the_thumbnails_that_fit_beside_the_stage_as_it_is() -
     assert plan[thumbs[0]] == (-1, -1) and plan[thumbs[1]] != (-1, -1)
 
 
+def test_an_upgrade_is_planned_on_top_of_what_each_slot_keeps() -> None:
+    """At 300 kbit/s the stage's 180p at full rate had risen to 226 kbit/s, over what an upgrade
+    may plan for (the budget / 1.1) though not over the budget. The upgrade's plan then put
+    the stage at 10 fps and admitted a thumbnail in the room that left; upgrades apply only
+    where the plan is higher, so the thumbnail came beside the stage as it was: 361 kbit/s
+    of slots on the link, paused again 50 ms later. Planned on top of each slot's step, the
+    thumbnail waits."""
+    rx = _Transport()
+    stage = _slot(rx, 0, _publisher("hub", [226_000, 500_000, 1_500_000]))
+    thumb = _slot(rx, 1, _publisher("t1", [150_000, 500_000, 1_500_000]))
+    alloc = StreamAllocator(rx)  # type: ignore[arg-type]
+    budget = 207_000
+    plan = alloc._plan(budget, rx.consumers["video"])  # unbounded: the trade
+    assert plan[stage] == (0, 1) and plan[thumb] == (0, 0), plan
+    plan = alloc._plan(budget, rx.consumers["video"], at_least={stage: (0, 3), thumb: (-1, -1)})
+    assert plan[stage] == (0, 3) and plan[thumb] == (-1, -1), plan
+    # with room for both, the thumbnail comes in on top of the stage as it is
+    plan = alloc._plan(320_000, rx.consumers["video"], at_least={stage: (0, 3), thumb: (-1, -1)})
+    assert plan[stage] == (0, 3) and plan[thumb] == (0, 0), plan
+
+
 def test_paused_layer_is_priced_at_its_last_peak_not_a_nominal_rate() -> None:
     p = _publisher("hub", [250_000, 700_000, 1_700_000])
     h = p.streams[1]
