@@ -190,6 +190,7 @@ class StreamAllocator:
         self.budget = 0.0
         self.short_since = 0.0  # since when the estimate has been short of what is sent
         self.short_estimate = 0.0  # the estimate then
+        self.verified_at = 0.0  # when a probe last checked a delay-only dip (see _maybe_probe)
         self.switches = 0
         self.last_run = 0.0
         self.desired_bps = 0.0
@@ -556,14 +557,33 @@ class StreamAllocator:
             self.probe = None  # its feedback never came (lost, or the site went quiet)
         if self.probe is not None or est.mode != "twcc" or not self.deficient:
             return
-        if now - self.last_probe < self.probe_wait or not est.stable(now, 1.0):
+        # A dip below what is sent, from delay alone, on a link whose capacity no probe has
+        # measured, is checked at once (0.2 s after the cut, once per dip) with a cluster at
+        # what is sent plus the upgrade's margin: a burst queued by pacing at 2.5 x an estimate
+        # that is only a lower bound reads as over-use, and the cut to 0.85 of the received
+        # rate went under the 720p stage on a 5 Mbit/s link whose meeting needed 3; a second
+        # later the stage was on 360p for 4-5 s. Through, the probe restores the estimate
+        # before the grace is out; slowed, it measures the link, and the downgrade stands.
+        sent = self.allocated_bps + self.audio_bps
+        verify = (
+            self.short_since > self.verified_at
+            and est.estimate < sent
+            and not est.capacity_bps
+            and est.loss < LOSS_LOW
+            and not self.pacer_congested
+            and now - est.last_decrease >= 0.2
+        )
+        if not verify and (now - self.last_probe < self.probe_wait or not est.stable(now, 1.0)):
             return
         # aim at what the next layer step needs, with the upgrade's margin and 10 % more
         # (LiveKit's rule of thumb); resuming a paused slot probes for just its lowest layer
         needed = self.allocated_bps + self.audio_bps + self.next_step_bps
         target = max(needed * UPGRADE_MARGIN * 1.1, est.estimate * 1.1)
         at_ceiling = 0.0
-        if self.ceiling:
+        if verify:
+            self.verified_at = now
+            target = sent * UPGRADE_MARGIN
+        elif self.ceiling:
             # the last probe failed at about this rate: probe a quarter above it, which a
             # still-capped link's queue absorbs (25 ms of it) and a lifted cap shows clearly.
             # Above the capacity measured, not the estimate (0.95 of it): from the estimate,

@@ -577,3 +577,39 @@ def test_a_keyframe_priced_over_a_steady_budget_is_given_time_under_a_bounded_pa
     assert stage_after(DOWNGRADE_GRACE_S + 0.2, estimate_falls=False) == 1  # a keyframe's price: wait
     assert stage_after(PRICE_GRACE_S + 0.1, estimate_falls=False) == 0  # still over after 3 s: down
     assert stage_after(DOWNGRADE_GRACE_S + 0.2, estimate_falls=True) == 0  # the budget fell: the usual second
+
+
+async def test_a_delay_only_dip_under_what_is_sent_is_checked_by_a_probe_at_once() -> None:
+    """At a 5 Mbit/s cap a burst paced at 2.5 x the estimate read as over-use and the cut (to
+    0.85 of the received rate) went under the 720p stage; after the second's grace the stage
+    was on 360p for 4-5 s, on a link that carried the meeting. Where no probe has measured the
+    link, such a dip is checked 0.2 s after the cut with a cluster at what is sent plus the
+    upgrade's margin, once per dip, instead of after a second without decrease."""
+    from media.allocator import UPGRADE_MARGIN
+    from media.transport import MediaSettings, WebRtcTransport
+
+    class _Router:
+        def transport_connected(self, t) -> None: ...
+
+    t = WebRtcTransport(_Router(), "rx", MediaSettings())  # type: ignore[arg-type]
+    est = t.estimator
+    est.mode = "twcc"
+    now = time.monotonic()
+    est.on_probe(ProbeResult(4_000_000, 60, 60), now - 5, reached=True)  # through, not slowed: no capacity
+    stage = _slot(t, 0, _publisher("hub", [250_000, 700_000, 2_500_000]))  # type: ignore[arg-type]
+    p, stage.assigned = stage.assigned, None
+    stage.assign(p)
+    a = t.allocator
+    a.last_probe = now  # a probe just went: the usual wait and the second without decrease apply
+    a.run(now)
+    assert a.current(stage)[0] == 2 and a.probe is None
+    est.delay_bps = 0.85 * 2_400_000  # one over-use cut, under the stage's 2.58 Mbit/s
+    est.last_decrease = now + 0.05
+    a.run(now + 0.1)
+    assert a.probe is None  # not within 0.2 s of the cut
+    a.run(now + 0.3)
+    assert a.probe is not None and abs(a.probe["target"] - UPGRADE_MARGIN * a.allocated_bps) < 1
+    assert a.current(stage)[0] == 2  # the grace is not out
+    a.probe = None
+    a.run(now + 0.5)
+    assert a.probe is None  # once per dip
