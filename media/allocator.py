@@ -239,11 +239,15 @@ class StreamAllocator:
         plan an upgrade is taken from) keeps each slot listed on at least the step it is on:
         an upgrade is applied only where the plan is higher, so a plan that took the stage
         down a temporal layer to admit a thumbnail admitted the thumbnail beside the stage as
-        it was (361 kbit/s of slots on a 300 kbit/s link, paused again 50 ms later)."""
+        it was (361 kbit/s of slots on a 300 kbit/s link, paused again 50 ms later). The
+        slots kept are charged first: taken in slot order, a paused slot ahead of a playing
+        one was admitted into room the playing one then took (268 kbit/s planned for 206)."""
         plan: dict["Consumer", Step] = {}
         ladders: dict["Consumer", list[tuple[Step, float, float]]] = {}
         at: dict["Consumer", int] = {}
         room = _Room(budget)
+        if at_least is not None:
+            consumers = sorted(consumers, key=lambda c: not (c in at_least and at_least[c][0] >= 0))
         for c in consumers:
             p = c.producer
             if p is None:

@@ -132,6 +132,13 @@ def test_an_upgrade_is_planned_on_top_of_what_each_slot_keeps() -> None:
     # with room for both, the thumbnail comes in on top of the stage as it is
     plan = alloc._plan(320_000, rx.consumers["video"], at_least={stage: (0, 3), thumb: (-1, -1)})
     assert plan[stage] == (0, 3) and plan[thumb] == (0, 0), plan
+    # the slots kept are charged before a paused one is admitted, whatever the slot order:
+    # slot 1 paused ahead of slot 2 playing was admitted into room slot 2 then took
+    thumb2 = _slot(rx, 2, _publisher("t2", [150_000, 500_000, 1_500_000]))
+    plan = alloc._plan(
+        320_000, rx.consumers["video"], at_least={stage: (0, 3), thumb: (-1, -1), thumb2: (0, 0)}
+    )
+    assert plan[stage] == (0, 3) and plan[thumb2] == (0, 0) and plan[thumb] == (-1, -1), plan
 
 
 def test_paused_layer_is_priced_at_its_last_peak_not_a_nominal_rate() -> None:
