@@ -365,11 +365,8 @@ class StreamAllocator:
             or self.pacer_congested
         )
         limits = self.limits
-        down = self._plan(
-            budget, consumers, keep=0.0 if unproven or not lossy else 0.8, limits=limits,
-            now_at={c: self.current(c) for c in consumers if not c.fresh},
-        )
         kept = {c: self.current(c) for c in consumers if not c.fresh}
+        down = self._plan(budget, consumers, keep=0.0 if unproven or not lossy else 0.8, limits=limits, now_at=kept)
         up = self._plan(budget / UPGRADE_MARGIN, consumers, limits=limits, at_least=kept)
         new_layers = {c: up[c] for c in consumers if up[c][0] > self.current(c)[0] >= 0}
         near_limit = self.near_limit(now)
@@ -696,23 +693,19 @@ class StreamAllocator:
         reached = ratio >= 0.9 and rate >= 0.75 * pr["target"]
         complete = len(got) >= 0.95 * expected
         if pr["ceiling"]:
-            # through a token bucket's queue a probe a little over the limit still "arrives"
-            # near the limit: only a cluster sent clearly above the last failure, not slowed
-            # on the way (its span at the receiver no longer than at the sender, a cluster
-            # that arrived bunched counting at its send rate), with nothing lost, says the link
-            # may have changed. With a packet's size either way in these rates, it is a hint,
-            # not a measurement (taken as one, a cluster of 14 packets through a 300 kbit/s
-            # cap read 362 kbit/s sent and spans equal, the estimate went over the cap, a
-            # thumbnail was admitted and paused again a second later); and one hint is not
-            # enough (after one, at 800 kbit/s, the exponential probe that measures lost a
-            # stage packet behind a full pacer: a 1.1 s freeze). Two in a row, 0.5 s apart:
-            # the ceiling goes and the next probe, exponential and larger, measures.
-            # (sent: over the whole cluster, not its tail: at 300 kbit/s a 1200-byte RTX copy
-            # is 3 of the probe's 10 ms ticks, and when the big ones fell in the first third
-            # the tail read 275-290 kbit/s of a 352 kbit/s cluster; 3 s more to climb back)
-            # ... and received, the tail read with half its first and last packet (the rate
-            # after its first arrival, a FIFO link's lower bound, read 259 kbit/s of an open
-            # link from a 350 kbit/s cluster whose first arrival was a 1200-byte copy)
+            # A ceiling probe that gets through is a hint that the cap lifted, not a
+            # measurement: through a token bucket's queue a probe a little over the limit still
+            # "arrives" near it, and with 6-20 packets of mixed sizes each rate is off by up
+            # to a packet (taken as a measurement, 14 packets through a 300 kbit/s cap read
+            # 362 kbit/s with equal spans, and the estimate went over the cap). It must be
+            # sent clearly above the last failure (read over the whole cluster: at 300 kbit/s
+            # a 1200-byte copy is 3 of the probe's 10 ms ticks, and a tail without the big ones
+            # read 275-290 of a 352 kbit/s cluster), received so too (the tail with half its
+            # first and last packet: its rate after the first arrival, a FIFO's lower bound,
+            # read 259 of an open link when that arrival was a 1200-byte copy), nothing lost,
+            # and twice in a row, 0.5 s apart (after one, an 800 kbit/s cap took the
+            # exponential probe that follows, lost a stage packet and froze it 1.1 s). Then
+            # the ceiling goes and that probe, exponential and larger, measures.
             span_all = got[-1][0] - got[0][0]
             sent_all = sum(z for _, z, _ in got[:-1]) * 8 / span_all if span_all > 0 else 0.0
             even_recv = (sum(z for _, z, _ in tail) - (by_arrival[0][1] + by_arrival[-1][1]) / 2) * 8 / recv_span
