@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Optional
 
@@ -57,7 +58,8 @@ SPATIAL_UPGRADE_EXTRA = 0.25  # headroom a new spatial layer needs near the link
 UPGRADE_BACKOFF_MAX_S = 20.0  # the longest hold after failed upgrades (a lifted cap resets it)
 FAILED_UPGRADE_S = 15.0  # a congestion downgrade this soon after an upgrade means the upgrade failed
 DOWNGRADE_GRACE_S = 1.0  # a delay-only dip below what is sent must last this long
-PRICE_GRACE_S = 3.0  # ... and a price over a steady budget, under a pacer bounded by a measured capacity
+PRICE_GRACE_S = 3.0  # ... and a price over a steady budget, under a pacer bounded by a measured capacity,
+PRICE_BACKLOG_S = 0.15  # once the pacer holds this much (before that, the price is only a price)
 PROBE_INTERVAL_S = 2.0
 PROBE_MAX_INTERVAL_S = 2.0  # a lifted cap is found within this (the 10 s climb-back target; with 3 s,
 # one ceiling probe that fell 2 % short of showing a lifted 800 kbit/s cap cost 3 s of a 10.5 s climb)
@@ -519,10 +521,18 @@ class StreamAllocator:
         not fit, its backlog says so at once (pacer_congested). Downgraded after a second,
         the 300 kbit/s stage dropped to 10 fps at a keyframe and counted it a failed upgrade.
         (The estimate's own decreases cannot tell: a probe that measures the cap again
-        lowers it by a hair every 3 s.)"""
+        lowers it by a hair every 3 s.) And while that pacer keeps up (under PRICE_BACKLOG_S
+        of backlog), what it holds is the measurement, and the price is only a price: Chrome's
+        180p at full rate, priced at 227-242 kbit/s by its half-second peaks, went out with
+        the audio at 256-273 kbit/s through a pacer at 281 with nothing queued, and after
+        the grace the 300 kbit/s stage dropped to 10 fps all the same."""
         est = self.transport.estimator
         steady = est.estimate >= 0.97 * self.short_estimate and not est.overusing and est.loss < LOSS_LOW
-        return PRICE_GRACE_S if est.capacity_bps and steady else DOWNGRADE_GRACE_S
+        if est.capacity_bps and steady:
+            rate = self.transport._pace_rate  # bytes/s, what the pacer sends at now
+            held = self.transport.pace_queued_bytes() / rate if rate else 0.0
+            return math.inf if held < PRICE_BACKLOG_S else PRICE_GRACE_S
+        return DOWNGRADE_GRACE_S
 
     def _apply(self, c: "Consumer", step: Step, reason: str) -> None:
         p = c.producer

@@ -554,14 +554,15 @@ def test_a_keyframe_priced_over_a_steady_budget_is_given_time_under_a_bounded_pa
     the stage's price over a budget that had not moved, and a second later the stage was
     down to 10 fps and the step counted as a failed upgrade. Where the pacer keeps to a
     measured capacity (it holds the burst, and its backlog says at once if the slots really
-    do not fit) that price gets PRICE_GRACE_S; a budget that fell gets the usual second."""
+    do not fit) that price gets PRICE_GRACE_S once the pacer holds a backlog, and no limit
+    while it keeps up; a budget that fell gets the usual second."""
     from media.allocator import DOWNGRADE_GRACE_S, PRICE_GRACE_S
     from media.transport import MediaSettings, WebRtcTransport
 
     class _Router:
         def transport_connected(self, t) -> None: ...
 
-    def stage_after(seconds: float, estimate_falls: bool) -> int:
+    def stage_after(seconds: float, estimate_falls: bool, backlog_bytes: int = 30_000) -> int:
         t = WebRtcTransport(_Router(), "rx", MediaSettings())  # type: ignore[arg-type]
         est = t.estimator
         est.mode = "twcc"
@@ -575,6 +576,7 @@ def test_a_keyframe_priced_over_a_steady_budget_is_given_time_under_a_bounded_pa
         a.run(now)
         assert a.current(stage)[0] == 1
         p.streams[1].bitrate_peak = 1_000_000  # its keyframe
+        t._pace_queued_bytes = backlog_bytes  # what the pacer holds (30 kB: 0.25 s at 950 kbit/s)
         a.run(now + 0.1)
         if estimate_falls:
             est.delay_bps = 800_000
@@ -582,8 +584,10 @@ def test_a_keyframe_priced_over_a_steady_budget_is_given_time_under_a_bounded_pa
         return a.current(stage)[0]
 
     assert stage_after(DOWNGRADE_GRACE_S + 0.2, estimate_falls=False) == 1  # a keyframe's price: wait
-    assert stage_after(PRICE_GRACE_S + 0.1, estimate_falls=False) == 0  # still over after 3 s: down
+    assert stage_after(PRICE_GRACE_S + 0.1, estimate_falls=False) == 0  # still over after 3 s, queued: down
     assert stage_after(DOWNGRADE_GRACE_S + 0.2, estimate_falls=True) == 0  # the budget fell: the usual second
+    # and while the pacer keeps up (nothing held), the price over the budget is only a price
+    assert stage_after(10.0, estimate_falls=False, backlog_bytes=0) == 1
 
 
 async def test_a_delay_only_dip_under_what_is_sent_is_checked_by_a_probe_at_once() -> None:
