@@ -307,10 +307,8 @@ static int sc_send_rtp_impl(SendCore *t, PyObject *packet, long tcc_off, int urg
             PyErr_SetString(PyExc_TypeError, "packet must be a bytearray");
             return -1;
         }
-        Py_ssize_t queued = t->pace_queue ? PyObject_Size(t->pace_queue) : 0;
-        if (queued < 0) return -1;
         double now = mono_now();
-        double cap = queued > 0 ? t->pace_late : t->pace_burst;
+        double cap = t->pace_queued_bytes > 0 ? t->pace_late : t->pace_burst; /* video waiting: a drain's cap */
         double tokens = t->pace_tokens + (now - t->pace_time) * rate;
         if (tokens > cap) tokens = cap;
         t->pace_time = now;
