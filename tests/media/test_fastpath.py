@@ -13,6 +13,7 @@ must be byte for byte the same, and so must the slots' state and the send histor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -111,6 +112,29 @@ async def _subscriber(cls_t, cls_c, producer_v, producer_a, key: bytes, offsets:
     v.assign(producer_v)
     a.assign(producer_a)
     return t, v, a, sink, udp
+
+
+@contextlib.asynccontextmanager
+async def _paced_subscriber(native: bool):
+    """A subscriber transport, native or Python, with a video and an audio slot on a local
+    socket, for the pacer and probe tests: yields (transport, video slot, audio slot, sink,
+    SRTP key)."""
+    key = os.urandom(30)
+    video = Producer(WebRtcTransport(_Router(), "pub", MediaSettings()), "video", "1", "video/vp8", 90000, 96, 97, set(), [])
+    audio = Producer(WebRtcTransport(_Router(), "pub", MediaSettings()), "audio", "0", "audio/opus", 48000, 111, None, set(), [])
+    cls_t, cls_c = (WebRtcTransport, Consumer) if native else (PyTransport, PyConsumer)
+    t, v, a, sink, udp = await _subscriber(cls_t, cls_c, video, audio, key, ((0, 0), (0, 0)), native)
+    try:
+        yield t, v, a, sink, key
+    finally:
+        t._direct_unbind()
+        udp.close()
+        sink.close()
+
+
+def _rtp(seq: int, size: int, pt: int = 96, ssrc: int = 0x1111) -> bytearray:
+    """A plain RTP packet of `size` bytes."""
+    return bytearray(struct.pack("!BBHII", 0x80, pt, seq, 0, ssrc) + bytes(size - 12))
 
 
 def _drain(sink: socket.socket, key: bytes) -> list[bytes]:
@@ -310,23 +334,15 @@ async def test_the_pacer_lets_one_packet_out_at_a_time_on_a_slow_link_and_never_
     the bucket saves only 300 bytes while idle. With a full-size packet's worth saved (1.5 kB),
     a frame's two packets left 2-20 ms apart into a link that takes 30 ms for one: a queue of
     up to 40 ms that GCC read as over-use many times a minute (3 kB before: 80 ms at once)."""
-    key = os.urandom(30)
-    cls = WebRtcTransport if native else PyTransport
-    video = Producer(WebRtcTransport(_Router(), "pub", MediaSettings()), "video", "1", "video/vp8", 90000, 96, 97, set(), [])
-    audio = Producer(WebRtcTransport(_Router(), "pub", MediaSettings()), "audio", "0", "audio/opus", 48000, 111, None, set(), [])
-    t, _v, _a, sink, udp = await _subscriber(cls, Consumer if native else PyConsumer, video, audio, key, ((0, 0), (0, 0)), native)
-    try:
+    async with _paced_subscriber(native) as (t, _v, _a, sink, key):
         t.set_pacing(300_000)
         assert t._pace_burst == WebRtcTransport.PACE_BURST_MIN == 300.0
 
-        def rtp(seq: int, size: int) -> bytearray:
-            return bytearray(struct.pack("!BBHII", 0x80, 96, seq, 0, 0x1111) + bytes(size - 12))
-
         await asyncio.sleep(0.1)  # the bucket fills (to 300 bytes)
-        t.send_rtp(rtp(1, 1900), 0)  # far over the bucket: out at once, tokens in debt
+        t.send_rtp(_rtp(1, 1900), 0)  # far over the bucket: out at once, tokens in debt
         assert not t._pace_queue and t._pace_tokens < 0
         for k in range(3):
-            t.send_rtp(rtp(2 + k, 1200), 0)
+            t.send_rtp(_rtp(2 + k, 1200), 0)
         assert len(t._pace_queue) == 3  # nothing more until the debt is paid
         for _ in range(200):
             if not t._pace_queue:
@@ -337,7 +353,7 @@ async def test_the_pacer_lets_one_packet_out_at_a_time_on_a_slow_link_and_never_
         sent0 = t.packets_out  # (with 1.5 kB saved, two of them left together)
         t0 = time.monotonic()
         for k in range(3):
-            t.send_rtp(rtp(5 + k, 700), 0)
+            t.send_rtp(_rtp(5 + k, 700), 0)
         assert len(t._pace_queue) == 2
         while len(t._pace_queue) == 2:
             await asyncio.sleep(0.001)
@@ -358,10 +374,6 @@ async def test_the_pacer_lets_one_packet_out_at_a_time_on_a_slow_link_and_never_
                 break
         assert [struct.unpack_from("!H", p, 2)[0] for p in got] == list(range(1, 8))
         assert t.pace_dropped == 0 and t.packets_out == 7
-    finally:
-        t._direct_unbind()
-        udp.close()
-        sink.close()
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
@@ -369,21 +381,13 @@ async def test_a_late_drain_tick_catches_up_what_the_queue_waited_for(native: bo
     """The queue has waited all along when a drain tick fires late: it gets the tokens of the
     lateness (up to PACE_LATE_S), not only the 5 ms the bucket saves while idle. Without, a
     busy loop paced 800 kbit/s at ~660 with 60-77 packets standing in the queue."""
-    key = os.urandom(30)
-    cls = WebRtcTransport if native else PyTransport
-    video = Producer(WebRtcTransport(_Router(), "pub", MediaSettings()), "video", "1", "video/vp8", 90000, 96, 97, set(), [])
-    audio = Producer(WebRtcTransport(_Router(), "pub", MediaSettings()), "audio", "0", "audio/opus", 48000, 111, None, set(), [])
-    t, _v, _a, sink, udp = await _subscriber(cls, Consumer if native else PyConsumer, video, audio, key, ((0, 0), (0, 0)), native)
-    try:
+    async with _paced_subscriber(native) as (t, _v, _a, _sink, _key):
         t.set_pacing(800_000)
         rate = 800_000 / 8
 
-        def rtp(seq: int, size: int) -> bytearray:
-            return bytearray(struct.pack("!BBHII", 0x80, 96, seq, 0, 0x1111) + bytes(size - 12))
-
         await asyncio.sleep(0.05)
         for k in range(40):  # 40 kB: the first goes, the rest queue
-            t.send_rtp(rtp(1 + k, 1000), 0)
+            t.send_rtp(_rtp(1 + k, 1000), 0)
         sent0 = t.packets_out
         t._pace_tokens = 0.0
         t._pace_time = time.monotonic() - 0.03  # the tick comes 30 ms after the debt was paid
@@ -395,10 +399,6 @@ async def test_a_late_drain_tick_catches_up_what_the_queue_waited_for(native: bo
         sent1 = t.packets_out
         t._pace_drain()
         assert t.packets_out - sent1 <= WebRtcTransport.PACE_LATE_S * rate / (1000 + 38) + 1.5  # (+ the one into debt)
-    finally:
-        t._direct_unbind()
-        udp.close()
-        sink.close()
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
@@ -406,43 +406,27 @@ async def test_audio_goes_ahead_of_the_video_queued_in_the_pacer(native: bool):
     """An audio slot's packet is never queued behind video: it goes at once and its bytes are
     owed (libwebrtc does not pace audio either). Queued, a 300 kbit/s site's voice waited
     behind every keyframe in the pacer."""
-    key = os.urandom(30)
-    cls = WebRtcTransport if native else PyTransport
-    video = Producer(WebRtcTransport(_Router(), "pub", MediaSettings()), "video", "1", "video/vp8", 90000, 96, 97, set(), [])
-    audio = Producer(WebRtcTransport(_Router(), "pub", MediaSettings()), "audio", "0", "audio/opus", 48000, 111, None, set(), [])
-    t, v, a, sink, udp = await _subscriber(cls, Consumer if native else PyConsumer, video, audio, key, ((0, 0), (0, 0)), native)
-    try:
+    async with _paced_subscriber(native) as (t, _v, _a, _sink, _key):
         t.set_pacing(300_000)
 
-        def rtp(seq: int, size: int, pt: int = 96, ssrc: int = 0x1111) -> bytearray:
-            return bytearray(struct.pack("!BBHII", 0x80, pt, seq, 0, ssrc) + bytes(size - 12))
-
         for k in range(8):  # a keyframe's worth of video: one goes, seven queue (~0.2 s at 300 kbit/s)
-            t.send_rtp(rtp(1 + k, 1000), 0)
+            t.send_rtp(_rtp(1 + k, 1000), 0)
         assert len(t._pace_queue) == 7
         tokens = t._pace_tokens
         out = t.packets_out
-        t.send_rtp(rtp(1, 120, 111, 0x2222), 0, True)  # audio
+        t.send_rtp(_rtp(1, 120, 111, 0x2222), 0, True)  # audio
         assert t.packets_out == out + 1 and len(t._pace_queue) == 7  # out at once, the video still queued
         assert t._pace_tokens < tokens  # ... and its bytes owed: the rate holds
         # video keeps its place: sent with the flag off it queues like the rest
-        t.send_rtp(rtp(9, 120), 0, False)
+        t.send_rtp(_rtp(9, 120), 0, False)
         assert len(t._pace_queue) == 8
-    finally:
-        t._direct_unbind()
-        udp.close()
-        sink.close()
 
 
 async def test_a_probe_packet_is_no_larger_than_what_the_probe_still_owes():
     """At 350 kbit/s a probe owes ~440 bytes a 10 ms tick; a 1200-byte RTX copy is three ticks,
     and whichever third of the cluster such copies fell in read too fast or too slow. The
     probe takes the largest recent packet that fits, else padding of that size."""
-    key = os.urandom(30)
-    video = Producer(WebRtcTransport(_Router(), "pub", MediaSettings()), "video", "1", "video/vp8", 90000, 96, 97, set(), [])
-    audio = Producer(WebRtcTransport(_Router(), "pub", MediaSettings()), "audio", "0", "audio/opus", 48000, 111, None, set(), [])
-    t, v, _a, sink, udp = await _subscriber(WebRtcTransport, Consumer, video, audio, key, ((0, 0), (0, 0)), True)
-    try:
+    async with _paced_subscriber(True) as (t, v, _a, _sink, _key):
         assert v.tcc_off and v.history is not None
         mask = len(v.history) - 1
         v.sent_any = True
@@ -457,7 +441,3 @@ async def test_a_probe_packet_is_no_larger_than_what_the_probe_still_owes():
         v.history[9 & mask] = None
         _, size = t.send_probe_packet(now, 200)  # nothing recent fits: padding of that size
         assert size <= 200, size
-    finally:
-        t._direct_unbind()
-        udp.close()
-        sink.close()
