@@ -45,6 +45,19 @@ class _Transport:
         self.rtcp_sent.append(packet)
 
 
+def _receiver():
+    """A receiving site's transport (real, not connected) whose estimator runs on
+    transport-cc feedback, as a browser's does."""
+    from media.transport import MediaSettings, WebRtcTransport
+
+    class _Router:
+        def transport_connected(self, t) -> None: ...
+
+    t = WebRtcTransport(_Router(), "rx", MediaSettings())  # type: ignore[arg-type]
+    t.estimator.mode = "twcc"
+    return t
+
+
 def _publisher(name: str, rates: list[float], temporal_layers: int = 3) -> Producer:
     t = _Transport()
     t.participant_id = name
@@ -208,14 +221,8 @@ def test_a_probe_the_link_slowed_bounds_the_estimate_and_the_pacer() -> None:
     estimate climb past it, since delay could no longer show an allocation too big. A probe
     that gets through clearly above it says the link changed."""
     from media.estimator import CAPACITY_SHARE, CAPACITY_TTL_S
-    from media.transport import MediaSettings, WebRtcTransport
-
-    class _Router:
-        def transport_connected(self, t) -> None: ...
-
-    t = WebRtcTransport(_Router(), "rx", MediaSettings())  # type: ignore[arg-type]
+    t = _receiver()
     est = t.estimator
-    est.mode = "twcc"
     now = time.monotonic()
     est.on_probe(ProbeResult(2_000_000, 60, 60), now, reached=True)
     t.allocator.run(now)
@@ -263,13 +270,7 @@ async def test_a_pacer_that_cannot_keep_up_is_congestion() -> None:
     once for a share of the pacer's rate, so the queue drains (at 2 Mbit/s it sat at its 1 s
     cap and dropped thousands of packets, 17 freezes in 30 s)."""
     from media.allocator import PACER_CONGESTED_S, PACER_RELIEF
-    from media.transport import MediaSettings, WebRtcTransport
-
-    class _Router:
-        def transport_connected(self, t) -> None: ...
-
-    t = WebRtcTransport(_Router(), "rx", MediaSettings())  # type: ignore[arg-type]
-    t.estimator.mode = "twcc"
+    t = _receiver()
     now = time.monotonic()
     t.estimator.on_probe(ProbeResult(2_000_000, 60, 60), now, reached=True, capacity=2_000_000)
     stage = _slot(t, 0, _publisher("hub", [250_000, 700_000, 1_700_000]))  # type: ignore[arg-type]
@@ -306,14 +307,8 @@ def test_a_probe_well_above_the_measured_capacity_forgets_a_failure() -> None:
     before the upgrade hold (doubled to 20 s) was forgiven: 10.6-13.8 s back to 720p. A probe
     that gets through at 1.25 x the capacity a probe measured says the link changed; one
     below that does not."""
-    from media.transport import MediaSettings, WebRtcTransport
-
-    class _Router:
-        def transport_connected(self, t) -> None: ...
-
     def probe_through(rate_bps: float, now: float) -> StreamAllocator:
-        t = WebRtcTransport(_Router(), "rx", MediaSettings())  # type: ignore[arg-type]
-        t.estimator.mode = "twcc"
+        t = _receiver()
         t.estimator.on_probe(ProbeResult(790_000, 20, 20), now - 5, reached=False, saturated=True, capacity=790_000)
         a = t.allocator
         a.failed_bps, a.hold_s, a.hold_until = 2_850_000, 20.0, now + 15.0
@@ -435,19 +430,13 @@ def test_a_loss_cut_is_not_repeated_on_the_loss_that_caused_it() -> None:
 
 def _probe_feedback(
     rate_bps: float, sizes: list[int], link_bps: float, ceiling: float, now: float, bunched_s: float = 0.0,
-    capacity: float = 0.0, a: "StreamAllocator | None" = None, gap_s: float = 0.0,
+    capacity: float = 0.0, a: StreamAllocator | None = None, gap_s: float = 0.0,
 ) -> StreamAllocator:
     """A probe cluster of these packet sizes sent at rate_bps through a FIFO link of link_bps
     (0: not a bottleneck), scored by a fresh transport's allocator. bunched_s: the cluster
     instead arrives evenly over that long (its first packets held up behind a queue)."""
-    from media.transport import MediaSettings, WebRtcTransport
-
-    class _Router:
-        def transport_connected(self, t) -> None: ...
-
     if a is None:
-        t = WebRtcTransport(_Router(), "rx", MediaSettings())  # type: ignore[arg-type]
-        t.estimator.mode = "twcc"
+        t = _receiver()
         if capacity:  # measured by an earlier probe
             t.estimator.on_probe(ProbeResult(capacity, 20, 20), now - 1, reached=False, saturated=True, capacity=capacity)
         a = t.allocator
@@ -557,15 +546,9 @@ def test_a_keyframe_priced_over_a_steady_budget_is_given_time_under_a_bounded_pa
     do not fit) that price gets PRICE_GRACE_S once the pacer holds a backlog, and no limit
     while it keeps up; a budget that fell gets the usual second."""
     from media.allocator import DOWNGRADE_GRACE_S, PRICE_GRACE_S
-    from media.transport import MediaSettings, WebRtcTransport
-
-    class _Router:
-        def transport_connected(self, t) -> None: ...
-
     def stage_after(seconds: float, estimate_falls: bool, backlog_bytes: int = 30_000) -> int:
-        t = WebRtcTransport(_Router(), "rx", MediaSettings())  # type: ignore[arg-type]
+        t = _receiver()
         est = t.estimator
-        est.mode = "twcc"
         now = time.monotonic()
         est.on_probe(ProbeResult(1_000_000, 60, 60), now, reached=True, capacity=1_000_000)
         stage = _slot(t, 0, _publisher("hub", [250_000, 700_000, 1_700_000]))  # type: ignore[arg-type]
@@ -597,14 +580,8 @@ async def test_a_delay_only_dip_under_what_is_sent_is_checked_by_a_probe_at_once
     link, such a dip is checked 0.2 s after the cut with a cluster at what is sent plus the
     upgrade's margin, once per dip, instead of after a second without decrease."""
     from media.allocator import UPGRADE_MARGIN
-    from media.transport import MediaSettings, WebRtcTransport
-
-    class _Router:
-        def transport_connected(self, t) -> None: ...
-
-    t = WebRtcTransport(_Router(), "rx", MediaSettings())  # type: ignore[arg-type]
+    t = _receiver()
     est = t.estimator
-    est.mode = "twcc"
     now = time.monotonic()
     est.on_probe(ProbeResult(4_000_000, 60, 60), now - 5, reached=True)  # through, not slowed: no capacity
     stage = _slot(t, 0, _publisher("hub", [250_000, 700_000, 2_500_000]))  # type: ignore[arg-type]
