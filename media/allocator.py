@@ -344,7 +344,7 @@ class StreamAllocator:
         # the pacer delivers, so its queue drains; it counts as loss (what the pacer drops
         # never reaches the site), so a slot may be paused for it.
         rate_bps = t._pace_rate * 8
-        backlog_s = t.pace_queued_bytes() * 8 / rate_bps if rate_bps else 0.0
+        backlog_s = t.pace_backlog_s()
         dropped = t.pace_dropped - self._pace_dropped_seen
         self._pace_dropped_seen = t.pace_dropped
         # (only where the pacer is held under a measured capacity: pacing freely, at 2.5 x an
@@ -529,9 +529,7 @@ class StreamAllocator:
         est = self.transport.estimator
         steady = est.estimate >= 0.97 * self.short_estimate and not est.overusing and est.loss < LOSS_LOW
         if est.capacity_bps and steady:
-            rate = self.transport._pace_rate  # bytes/s, what the pacer sends at now
-            held = self.transport.pace_queued_bytes() / rate if rate else 0.0
-            return math.inf if held < PRICE_BACKLOG_S else PRICE_GRACE_S
+            return math.inf if self.transport.pace_backlog_s() < PRICE_BACKLOG_S else PRICE_GRACE_S
         return DOWNGRADE_GRACE_S
 
     def _apply(self, c: "Consumer", step: Step, reason: str) -> None:

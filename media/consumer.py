@@ -494,8 +494,7 @@ class Consumer(ConsumerCore):
         # under it no second copy while the first may still be queued (libwebrtc limits
         # retransmissions to its estimate; mediasoup resends a packet at most once per RTT).
         t = self.transport
-        rate = t._pace_rate
-        backlog_s = t.pace_queued_bytes() / rate if rate else 0.0
+        backlog_s = t.pace_backlog_s()
         if backlog_s > RTX_MAX_BACKLOG_S:
             self.rtx_refused += len(seqs)
             return

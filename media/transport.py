@@ -668,6 +668,11 @@ class WebRtcTransport(SendCore):
     def pace_queued_bytes(self) -> int:
         return self._pace_queued_bytes
 
+    def pace_backlog_s(self) -> float:
+        """How long the pacer needs, at its rate now, to send what it holds (0: not pacing)."""
+        rate = self._pace_rate
+        return self._pace_queued_bytes / rate if rate else 0.0
+
     def purge_queued(self, ssrcs: tuple[bytes, ...]) -> list[bytearray]:
         """Take back the packets of these SSRCs (4 bytes each, as on the wire) still waiting
         in the pacer queue. A slot dropped for a lower layer does not need the old layer's
